@@ -1,0 +1,31 @@
+"""diffjax: diffusion models in JAX, every equation checked against an exact answer.
+
+Topical modules follow the lecture notes: `schedules` and `forward` (DDPM), `sde` (SDEs),
+`distributions` (exact references), `metrics` (sample quality).
+"""
+
+from diffjax import distributions, forward, metrics, schedules, sde
+from diffjax.distributions import GaussianMixture, exact_eps, exact_score, gaussian
+from diffjax.forward import q_posterior, q_sample
+from diffjax.schedules import DiscreteSchedule
+from diffjax.sde import VESDE, VPSDE, SubVPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VESDE",
+    "VPSDE",
+    "DiscreteSchedule",
+    "GaussianMixture",
+    "SubVPSDE",
+    "distributions",
+    "exact_eps",
+    "exact_score",
+    "forward",
+    "gaussian",
+    "metrics",
+    "q_posterior",
+    "q_sample",
+    "schedules",
+    "sde",
+]

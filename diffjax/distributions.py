@@ -1,0 +1,189 @@
+"""Exact references: Gaussians and Gaussian mixtures with closed-form noised marginals.
+
+A mixture `p_0(x) = sum_k w_k N(x | m_k, diag(sigma_k^2))` pushed through any forward process
+with `x_t = a x_0 + s eps` (`a = mean_coeff(t)`, `s = std(t)`) stays a mixture:
+`p_t(x) = sum_k w_k N(x | a m_k, diag(a^2 sigma_k^2 + s^2))`. Its log-density, score
+`grad_x log p_t` and component posteriors are exact at every `t`, so samplers, losses and the
+likelihood can be checked without training anything.
+
+Shapes: `x` is `[B, *event]`, `t` a scalar or `[B]`; per-example outputs are `[B]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike
+
+from diffjax._core import (
+    LOG_2PI,
+    AbstractForwardProcess,
+    as_float_array,
+    check_batch_time,
+    check_key,
+    check_positive_int,
+    expand_to,
+    is_concrete,
+)
+from diffjax.forward import eps_from_score
+
+__all__ = ["GaussianMixture", "exact_eps", "exact_score", "gaussian"]
+
+
+class GaussianMixture(eqx.Module):
+    """`p(x) = sum_k w_k N(x | means[k], diag(stds[k]^2))` over events of shape `event_shape`.
+
+    Args:
+        weights: `[K]` positive mixture weights summing to 1.
+        means: `[K, *event]` component means.
+        stds: `[K]` (isotropic components) or `[K, *event]` (diagonal), positive.
+    """
+
+    weights: Array
+    means: Array
+    stds: Array
+
+    def __init__(self, weights: ArrayLike, means: ArrayLike, stds: ArrayLike):
+        weights = as_float_array(weights, "weights")
+        means = as_float_array(means, "means")
+        stds = as_float_array(stds, "stds")
+        if weights.ndim != 1 or weights.shape[0] == 0:
+            raise ValueError(f"`weights` must have shape [K] with K >= 1, got {weights.shape}.")
+        k = weights.shape[0]
+        if means.ndim < 2 or means.shape[0] != k:
+            raise ValueError(f"`means` must have shape [K={k}, *event], got {means.shape}.")
+        if stds.shape == (k,):
+            stds = stds.reshape((k,) + (1,) * (means.ndim - 1))
+        if stds.shape[0] != k or stds.ndim != means.ndim:
+            raise ValueError(
+                f"`stds` must have shape [K={k}] or [K, *event] = {means.shape}, got {stds.shape}."
+            )
+        stds = jnp.broadcast_to(stds, means.shape)
+        if is_concrete(weights) and (
+            bool(jnp.any(weights <= 0)) or abs(float(jnp.sum(weights)) - 1.0) > 1e-5
+        ):
+            raise ValueError(f"`weights` must be positive and sum to 1, got {weights}.")
+        if is_concrete(stds) and bool(jnp.any(stds <= 0)):
+            raise ValueError("`stds` must be positive.")
+        self.weights, self.means, self.stds = weights, means, stds
+
+    @property
+    def num_components(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.means.shape[1:])
+
+    def _check_x(self, x: ArrayLike) -> Array:
+        x = as_float_array(x, "x")
+        if x.ndim < 1 or tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"`x` must have shape [B, *event] with event {self.event_shape}, got {x.shape}."
+            )
+        return x
+
+    def sample_with_components(self, key, n: int) -> tuple[Array, Array]:
+        """`n` draws and the index of the component each came from: `([n, *event], [n])`."""
+        key = check_key(key)
+        n = check_positive_int(n, "n")
+        k_key, e_key = jax.random.split(key)
+        comp = jax.random.categorical(k_key, jnp.log(self.weights), shape=(n,))
+        noise = jax.random.normal(e_key, (n,) + self.event_shape)
+        return self.means[comp] + self.stds[comp] * noise, comp
+
+    def sample(self, key, n: int) -> Array:
+        """`n` draws, `[n, *event]`."""
+        return self.sample_with_components(key, n)[0]
+
+    def _noised_components(self, x: Array, process, t) -> tuple[Array, Array]:
+        """Component means and variances of `p_t`, `[B or 1, K, *event]` each."""
+        if process is None:
+            return self.means[None], (self.stds**2)[None]
+        if not isinstance(process, AbstractForwardProcess):
+            raise TypeError(
+                f"`process` must be a schedule or an SDE, got {type(process).__name__}."
+            )
+        t = process.check_time(t)
+        check_batch_time(x, t)
+        a, s = process.marginal(t)
+        a = expand_to(jnp.atleast_1d(a), self.means[None])
+        s = expand_to(jnp.atleast_1d(s), self.means[None])
+        return a * self.means[None], (a * self.stds[None]) ** 2 + s**2
+
+    def component_log_probs(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
+        """`log w_k + log N(x | a m_k, a^2 sigma_k^2 + s^2)` for each component: `[B, K]`.
+
+        Without `process`, the clean mixture (`t = 0`).
+        """
+        x = self._check_x(x)
+        means, var = self._noised_components(x, process, t)
+        diff = x[:, None] - means
+        axes = tuple(range(2, diff.ndim))
+        logn = -0.5 * jnp.sum(diff**2 / var + jnp.log(var) + LOG_2PI, axis=axes)
+        return jnp.log(self.weights) + logn
+
+    def log_prob(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
+        """`log p_t(x)`: `[B]`. Without `process`, the clean density `log p_0(x)`."""
+        return jax.nn.logsumexp(self.component_log_probs(x, process, t), axis=-1)
+
+    def component_log_posterior(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
+        """`log p_t(k | x)` by Bayes' rule over the components: `[B, K]`."""
+        logp = self.component_log_probs(x, process, t)
+        return logp - jax.nn.logsumexp(logp, axis=-1, keepdims=True)
+
+    def score(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
+        """`grad_x log p_t(x) = sum_k p_t(k | x) (a m_k - x) / (a^2 sigma_k^2 + s^2)`: `[B, *event]`."""
+        x = self._check_x(x)
+        means, var = self._noised_components(x, process, t)
+        resp = jnp.exp(self.component_log_posterior(x, process, t))
+        per_component = (means - x[:, None]) / var
+        return jnp.sum(expand_to(resp, per_component) * per_component, axis=1)
+
+    def noised(self, process, t: float) -> GaussianMixture:
+        """The mixture `p_t` at a single time `t` (a scalar) as a `GaussianMixture`."""
+        t = process.check_time(t) if isinstance(process, AbstractForwardProcess) else None
+        if t is None:
+            raise TypeError(f"`process` must be a schedule or an SDE, got {type(process)}.")
+        if t.ndim != 0:
+            raise ValueError(f"`t` must be a scalar, got shape {t.shape}.")
+        a, s = process.marginal(t)
+        return GaussianMixture(self.weights, a * self.means, jnp.sqrt((a * self.stds) ** 2 + s**2))
+
+
+def gaussian(mean: ArrayLike, std: ArrayLike) -> GaussianMixture:
+    """`N(mean, diag(std^2))` as a one-component mixture; `std` a scalar or of `mean`'s shape."""
+    mean = as_float_array(mean, "mean")
+    std = as_float_array(std, "std")
+    if std.ndim != 0 and std.shape != mean.shape:
+        raise ValueError(f"`std` must be a scalar or have the shape of `mean` {mean.shape}.")
+    return GaussianMixture(jnp.ones((1,)), mean[None], jnp.broadcast_to(std, mean.shape)[None])
+
+
+def _check_dist(dist) -> GaussianMixture:
+    if not isinstance(dist, GaussianMixture):
+        raise TypeError(f"`dist` must be a GaussianMixture, got {type(dist).__name__}.")
+    return dist
+
+
+def exact_score(dist: GaussianMixture, process) -> Callable:
+    """The exact score of the noised data distribution, as a model function `fn(x, t)`.
+
+    `fn(x, t) = grad_x log p_t(x)` with `x: [B, *event]`, `t` scalar or `[B]`.
+    """
+    _check_dist(dist)
+    if not isinstance(process, AbstractForwardProcess):
+        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+
+    def score_fn(x, t):
+        return dist.score(x, process, t)
+
+    return score_fn
+
+
+def exact_eps(dist: GaussianMixture, process) -> Callable:
+    """The exact noise prediction `eps(x, t) = -std(t) grad_x log p_t(x)` as `fn(x, t)`."""
+    return eps_from_score(exact_score(dist, process), process)

@@ -1,0 +1,150 @@
+"""Discrete DDPM noise schedules (notes, topic 2).
+
+The forward chain is `q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)` for
+`t = 1..T`; with `alpha_bar(t) = prod_{s <= t} (1 - beta_s)` (the notes write `alpha_t` for this
+cumulative product) the marginal is `q(x_t | x_0) = N(sqrt(alpha_bar(t)) x_0, (1 - alpha_bar(t)) I)`
+and `alpha_bar(0) = 1`. Time `t` is an integer step in `0..T`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike
+
+from diffjax._core import AbstractForwardProcess, check_positive_int, is_concrete
+
+__all__ = ["DiscreteSchedule", "constant", "cosine", "from_betas", "linear"]
+
+
+class DiscreteSchedule(AbstractForwardProcess):
+    """A DDPM schedule: `betas[t-1] = beta_t` for `t = 1..T`, everything else precomputed.
+
+    All tables are indexed by the step `t` directly and have length `T + 1`; entry 0 of the
+    per-step tables (`beta`, posterior coefficients) is a placeholder that is never used.
+
+    Attributes:
+        betas: `[T]`, `beta_t` in `(0, 1)`.
+        alpha_bars: `[T + 1]`, `alpha_bar(t)`, with `alpha_bars[0] = 1`.
+        posterior_variance: `[T + 1]`, `beta~_t = (1 - alpha_bar(t-1)) / (1 - alpha_bar(t)) beta_t`.
+        posterior_mean_coef_x0, posterior_mean_coef_xt: `[T + 1]`, the coefficients of
+            `mu(x_0, x_t) = sqrt(alpha_bar(t-1)) beta_t / (1 - alpha_bar(t)) x_0
+                           + sqrt(1 - beta_t) (1 - alpha_bar(t-1)) / (1 - alpha_bar(t)) x_t`.
+    """
+
+    betas: Array
+    alpha_bars: Array
+    posterior_variance: Array
+    posterior_mean_coef_x0: Array
+    posterior_mean_coef_xt: Array
+
+    def __init__(self, betas: ArrayLike):
+        betas_np = np.asarray(betas, dtype=np.float64)
+        if betas_np.ndim != 1 or betas_np.size == 0:
+            raise ValueError(f"`betas` must be a non-empty 1-D array, got shape {betas_np.shape}.")
+        if not np.all(np.isfinite(betas_np)) or np.any(betas_np <= 0) or np.any(betas_np >= 1):
+            raise ValueError(
+                f"`betas` must lie in (0, 1); got min {betas_np.min()}, max {betas_np.max()}."
+            )
+        # Precompute in float64 on the host, store in the default float dtype.
+        alpha_bars = np.concatenate([[1.0], np.cumprod(1.0 - betas_np)])
+        beta_t = np.concatenate([[0.0], betas_np])
+        ab_prev = np.concatenate([[1.0], alpha_bars[:-1]])
+        one_minus_ab = np.where(np.arange(alpha_bars.size) == 0, 1.0, 1.0 - alpha_bars)
+        dtype = jnp.result_type(float)
+        self.betas = jnp.asarray(betas_np, dtype)
+        self.alpha_bars = jnp.asarray(alpha_bars, dtype)
+        self.posterior_variance = jnp.asarray((1.0 - ab_prev) / one_minus_ab * beta_t, dtype)
+        self.posterior_mean_coef_x0 = jnp.asarray(np.sqrt(ab_prev) * beta_t / one_minus_ab, dtype)
+        self.posterior_mean_coef_xt = jnp.asarray(
+            np.sqrt(1.0 - beta_t) * (1.0 - ab_prev) / one_minus_ab, dtype
+        )
+
+    @property
+    def num_steps(self) -> int:
+        """`T`, the number of noising steps."""
+        return self.betas.shape[0]
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def check_time(self, t: ArrayLike, name: str = "t") -> Array:
+        """`t` must be an integer step in `0..T` (checked when concrete)."""
+        t = jnp.asarray(t)
+        if not jnp.issubdtype(t.dtype, jnp.integer):
+            raise TypeError(
+                f"`{name}` must be integer steps in 0..{self.num_steps} for a discrete schedule, "
+                f"got dtype {t.dtype}."
+            )
+        if is_concrete(t) and t.size and (int(t.min()) < 0 or int(t.max()) > self.num_steps):
+            raise ValueError(
+                f"`{name}` must lie in 0..{self.num_steps}, got values in "
+                f"[{int(t.min())}, {int(t.max())}]."
+            )
+        return t
+
+    def alpha_bar(self, t: ArrayLike) -> Array:
+        """`alpha_bar(t) = prod_{s=1}^t (1 - beta_s)`, same shape as `t`."""
+        return self.alpha_bars[self.check_time(t)]
+
+    def beta(self, t: ArrayLike) -> Array:
+        """`beta_t` for `t` in `1..T` (`t = 0` gives 0)."""
+        t = self.check_time(t)
+        return jnp.concatenate([jnp.zeros((1,), self.betas.dtype), self.betas])[t]
+
+    def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
+        """`(sqrt(alpha_bar(t)), sqrt(1 - alpha_bar(t)))`."""
+        ab = self.alpha_bar(t)
+        return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+
+
+def from_betas(betas: ArrayLike) -> DiscreteSchedule:
+    """A schedule from given `betas[t-1] = beta_t`, each in `(0, 1)`."""
+    return DiscreteSchedule(betas)
+
+
+def _check_beta(value, name: str) -> float:
+    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"`{name}` must lie in (0, 1), got {value}.")
+    return float(value)
+
+
+def constant(num_steps: int = 1000, beta: float = 0.01) -> DiscreteSchedule:
+    """The notes' schedule: `beta_t = beta` for every step, so `alpha_bar(t) = (1 - beta)^t`."""
+    num_steps = check_positive_int(num_steps, "num_steps")
+    beta = _check_beta(beta, "beta")
+    return DiscreteSchedule(np.full(num_steps, beta))
+
+
+def linear(
+    num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> DiscreteSchedule:
+    """Linearly spaced `beta_t` from `beta_start` to `beta_end` (Ho et al. 2020, arXiv:2006.11239)."""
+    num_steps = check_positive_int(num_steps, "num_steps")
+    beta_start = _check_beta(beta_start, "beta_start")
+    beta_end = _check_beta(beta_end, "beta_end")
+    if beta_start > beta_end:
+        raise ValueError(f"`beta_start` ({beta_start}) must not exceed `beta_end` ({beta_end}).")
+    return DiscreteSchedule(np.linspace(beta_start, beta_end, num_steps))
+
+
+def cosine(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DiscreteSchedule:
+    """Cosine schedule (Nichol & Dhariwal 2021, arXiv:2102.09672, eq. 17).
+
+    `alpha_bar(t) = f(t) / f(0)` with `f(t) = cos^2(pi/2 (t/T + s) / (1 + s))`, and
+    `beta_t = min(1 - alpha_bar(t) / alpha_bar(t-1), max_beta)`.
+    """
+    num_steps = check_positive_int(num_steps, "num_steps")
+    if not isinstance(s, (int, float)) or not s > 0:
+        raise ValueError(f"`s` must be a positive float, got {s}.")
+    max_beta = _check_beta(max_beta, "max_beta")
+    steps = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+    f = np.cos(0.5 * math.pi * (steps + s) / (1.0 + s)) ** 2
+    alpha_bar = f / f[0]
+    betas = np.clip(1.0 - alpha_bar[1:] / alpha_bar[:-1], 1e-12, max_beta)
+    return DiscreteSchedule(betas)
