@@ -226,5 +226,8 @@ class VESDE(AbstractSDE):
         return self.sigma(t) * jnp.sqrt(2.0 * log_ratio / self.T)
 
     def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
-        sigma = self.sigma(t)
-        return jnp.ones_like(sigma), jnp.sqrt(sigma**2 - self.sigma_min**2)
+        t = self.check_time(t)
+        # sigma(t)^2 - sigma_min^2 = sigma_min^2 expm1(2 (t/T) log(sigma_max/sigma_min)), >= 0.
+        log_ratio = jnp.log(self.sigma_max / self.sigma_min)
+        std = self.sigma_min * jnp.sqrt(jnp.expm1(2.0 * t / self.T * log_ratio))
+        return jnp.ones_like(std), std

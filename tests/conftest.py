@@ -1,0 +1,30 @@
+"""Shared fixtures: exact references used across the test files."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffjax as dj
+
+
+def ring_mixture(num_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> dj.GaussianMixture:
+    """Equal-weight isotropic Gaussians on a circle in 2-D (the classic eight Gaussians)."""
+    angles = 2 * np.pi * np.arange(num_modes) / num_modes
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return dj.GaussianMixture(jnp.full(num_modes, 1.0 / num_modes), means, jnp.full(num_modes, std))
+
+
+@pytest.fixture(scope="session")
+def eight_gaussians() -> dj.GaussianMixture:
+    return ring_mixture()
+
+
+@pytest.fixture(scope="session")
+def image_mixture() -> dj.GaussianMixture:
+    """A three-component diagonal mixture on 4x4x1 images (non-isotropic components)."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(3, 4, 4, 1))
+    stds = rng.uniform(0.2, 0.8, size=(3, 4, 4, 1))
+    return dj.GaussianMixture(jnp.array([0.2, 0.3, 0.5]), means, stds)
