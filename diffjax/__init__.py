@@ -4,7 +4,7 @@ Topical modules follow the lecture notes: `schedules` and `forward` (DDPM), `sde
 `distributions` (exact references), `metrics` (sample quality).
 """
 
-from diffjax import distributions, forward, metrics, schedules, sde
+from diffjax import data, distributions, forward, guidance, metrics, nets, schedules, sde
 from diffjax.distributions import GaussianMixture, exact_eps, exact_score, gaussian
 from diffjax.forward import q_posterior, q_sample
 from diffjax.schedules import DiscreteSchedule
@@ -18,12 +18,15 @@ __all__ = [
     "DiscreteSchedule",
     "GaussianMixture",
     "SubVPSDE",
+    "data",
     "distributions",
     "exact_eps",
     "exact_score",
     "forward",
     "gaussian",
+    "guidance",
     "metrics",
+    "nets",
     "q_posterior",
     "q_sample",
     "schedules",

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._core import (
@@ -30,7 +31,7 @@ from diffjax._core import (
 )
 from diffjax.forward import eps_from_score
 
-__all__ = ["GaussianMixture", "exact_eps", "exact_score", "gaussian"]
+__all__ = ["GaussianMixture", "exact_classifier", "exact_eps", "exact_score", "gaussian"]
 
 
 class GaussianMixture(eqx.Module):
@@ -143,6 +144,19 @@ class GaussianMixture(eqx.Module):
         per_component = (means - x[:, None]) / var
         return jnp.sum(expand_to(resp, per_component) * per_component, axis=1)
 
+    def subset(self, components: ArrayLike) -> GaussianMixture:
+        """The mixture restricted to the given component indices, weights renormalised.
+
+        With components grouped into classes, `subset(components of class y)` is `p_0(x | y)`.
+        """
+        idx = np.asarray(components)
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"`components` must be a non-empty 1-D integer array, got {idx}.")
+        if idx.min() < 0 or idx.max() >= self.num_components:
+            raise ValueError(f"`components` must lie in 0..{self.num_components - 1}, got {idx}.")
+        w = self.weights[idx]
+        return GaussianMixture(w / jnp.sum(w), self.means[idx], self.stds[idx])
+
     def noised(self, process, t: float) -> GaussianMixture:
         """The mixture `p_t` at a single time `t` (a scalar) as a `GaussianMixture`."""
         t = process.check_time(t) if isinstance(process, AbstractForwardProcess) else None
@@ -187,3 +201,30 @@ def exact_score(dist: GaussianMixture, process) -> Callable:
 def exact_eps(dist: GaussianMixture, process) -> Callable:
     """The exact noise prediction `eps(x, t) = -std(t) grad_x log p_t(x)` as `fn(x, t)`."""
     return eps_from_score(exact_score(dist, process), process)
+
+
+def exact_classifier(dist: GaussianMixture, process, classes: ArrayLike) -> Callable:
+    """The exact noise-conditional classifier `log p_t(y | x)` of a labelled mixture.
+
+    Component `k` carries label `classes[k]`; by Bayes' rule
+    `p_t(y | x) = sum_{k: classes[k] = y} p_t(k | x)`. Returns `fn(x, t) -> [B, C]` log-probabilities
+    with `C = max(classes) + 1`.
+    """
+    _check_dist(dist)
+    if not isinstance(process, AbstractForwardProcess):
+        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+    classes = np.asarray(classes)
+    if classes.shape != (dist.num_components,) or not np.issubdtype(classes.dtype, np.integer):
+        raise ValueError(
+            f"`classes` must be an integer array of shape [K] = [{dist.num_components}], got {classes}."
+        )
+    if classes.min() < 0:
+        raise ValueError("`classes` must be non-negative.")
+    onehot = jnp.asarray(classes[None, :] == np.arange(classes.max() + 1)[:, None])  # [C, K]
+
+    def log_prob_fn(x, t):
+        log_post = dist.component_log_posterior(x, process, t)  # [B, K]
+        masked = jnp.where(onehot[None], log_post[:, None, :], -jnp.inf)  # [B, C, K]
+        return jax.nn.logsumexp(masked, axis=-1)
+
+    return log_prob_fn
