@@ -4,7 +4,17 @@ Topical modules follow the lecture notes: `schedules` and `forward` (DDPM), `sde
 `distributions` (exact references), `metrics` (sample quality).
 """
 
-from diffjax import data, distributions, forward, guidance, metrics, nets, schedules, sde
+from diffjax import (
+    data,
+    distributions,
+    forward,
+    guidance,
+    likelihood,
+    metrics,
+    nets,
+    schedules,
+    sde,
+)
 from diffjax.distributions import GaussianMixture, exact_eps, exact_score, gaussian
 from diffjax.forward import q_posterior, q_sample
 from diffjax.schedules import DiscreteSchedule
@@ -25,6 +35,7 @@ __all__ = [
     "forward",
     "gaussian",
     "guidance",
+    "likelihood",
     "metrics",
     "nets",
     "q_posterior",

@@ -101,9 +101,11 @@ class GaussianMixture(eqx.Module):
         return self.sample_with_components(key, n)[0]
 
     def _noised_components(self, x: Array, process, t) -> tuple[Array, Array]:
-        """Component means and variances of `p_t`, `[B or 1, K, *event]` each."""
+        """Flattened component means and variances of `p_t`: `[B or 1, K, D]` each."""
+        means = self.means.reshape(self.num_components, -1)[None]
+        stds = self.stds.reshape(self.num_components, -1)[None]
         if process is None:
-            return self.means[None], (self.stds**2)[None]
+            return means, stds**2
         if not isinstance(process, AbstractForwardProcess):
             raise TypeError(
                 f"`process` must be a schedule or an SDE, got {type(process).__name__}."
@@ -111,21 +113,23 @@ class GaussianMixture(eqx.Module):
         t = process.check_time(t)
         check_batch_time(x, t)
         a, s = process.marginal(t)
-        a = expand_to(jnp.atleast_1d(a), self.means[None])
-        s = expand_to(jnp.atleast_1d(s), self.means[None])
-        return a * self.means[None], (a * self.stds[None]) ** 2 + s**2
+        a = expand_to(jnp.atleast_1d(a), means)
+        s = expand_to(jnp.atleast_1d(s), means)
+        return a * means, (a * stds) ** 2 + s**2
 
     def component_log_probs(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
         """`log w_k + log N(x | a m_k, a^2 sigma_k^2 + s^2)` for each component: `[B, K]`.
 
         Without `process`, the clean mixture (`t = 0`).
         """
-        x = self._check_x(x)
+        return self._joint(self._check_x(x), process, t)[0]
+
+    def _joint(self, x: Array, process, t) -> tuple[Array, Array, Array]:
+        """`(log w_k + log N_k(x) [B, K], x - a m_k [B, K, D], variances [B or 1, K, D])`."""
         means, var = self._noised_components(x, process, t)
-        diff = x[:, None] - means
-        axes = tuple(range(2, diff.ndim))
-        logn = -0.5 * jnp.sum(diff**2 / var + jnp.log(var) + LOG_2PI, axis=axes)
-        return jnp.log(self.weights) + logn
+        diff = x.reshape(x.shape[0], 1, -1) - means
+        logn = -0.5 * jnp.sum(diff**2 / var + jnp.log(var) + LOG_2PI, axis=-1)
+        return jnp.log(self.weights) + logn, diff, var
 
     def log_prob(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
         """`log p_t(x)`: `[B]`. Without `process`, the clean density `log p_0(x)`."""
@@ -137,12 +141,14 @@ class GaussianMixture(eqx.Module):
         return logp - jax.nn.logsumexp(logp, axis=-1, keepdims=True)
 
     def score(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
-        """`grad_x log p_t(x) = sum_k p_t(k | x) (a m_k - x) / (a^2 sigma_k^2 + s^2)`: `[B, *event]`."""
+        """`grad_x log p_t(x) = sum_k p_t(k | x) (a m_k - x) / (a^2 sigma_k^2 + s^2)`: `[B, *event]`.
+
+        Computed on flattened events (one `[B, K, D]` contraction, whatever the event rank).
+        """
         x = self._check_x(x)
-        means, var = self._noised_components(x, process, t)
-        resp = jnp.exp(self.component_log_posterior(x, process, t))
-        per_component = (means - x[:, None]) / var
-        return jnp.sum(expand_to(resp, per_component) * per_component, axis=1)
+        log_joint, diff, var = self._joint(x, process, t)
+        resp = jax.nn.softmax(log_joint, axis=-1)  # p_t(k | x): [B, K]
+        return jnp.einsum("bk,bkd->bd", resp, -diff / var).reshape(x.shape)
 
     def subset(self, components: ArrayLike) -> GaussianMixture:
         """The mixture restricted to the given component indices, weights renormalised.

@@ -1,0 +1,362 @@
+"""Exact log-likelihood through the probability-flow ODE (notes, topic 5).
+
+The probability-flow ODE `dx/dt = f~(x, t) = f(x, t) - g(t)^2 s(x, t) / 2` (Song et al. 2021,
+arXiv:2011.13456, Sec. 4.3) moves samples of `p_t` to samples of `p_{t'}` deterministically, so
+it is a continuous normalising flow (Chen et al. 2018, "Neural Ordinary Differential
+Equations"). Along a trajectory `x_t`, the instantaneous change of variables reads
+`d log p_t(x_t) / dt = -div f~(x_t, t)`, hence
+
+    log p_{t_eps}(x) = log p_T(x_T) + int_{t_eps}^T div f~(x_t, t) dt,    x_{t_eps} = x,
+
+and `log p_T` is replaced by the prior `N(0, prior_std^2 I)` (App. D.2 of Song et al.). The
+state `(x_t, delta_logp)` is integrated in ONE `diffrax.diffeqsolve` from `t_eps` to `T`. The
+divergence is computed exactly (trace of the Jacobian, `D` Jacobian-vector products) or by
+Hutchinson's estimator `div f~ = E[v^T (df~/dx) v]` with probes `v` drawn once per solve and
+kept fixed along the trajectory (Grathwohl et al. 2019, FFJORD).
+
+Layout: the whole batch is one diffrax state (one adaptive step shared by the batch, with an
+error norm that is the worst example's, so every example meets the tolerances). Measured
+against a `jax.vmap` of per-example solves (`benchmarks/likelihood_timing.py`, 16-core CPU):
+4096 2-D points, exact divergence, 0.80 s vs 0.91 s (compile 0.8 s vs 1.9 s); a `[256, 64]`
+batch, Hutchinson, 0.064 s vs 0.065 s. On an H100 both take 5-11 ms (launch-bound).
+
+`bits_per_dim` and `dequantize` convert between integer data in `{0, ..., data_range - 1}` and
+the model's continuous range, with every Jacobian written out.
+
+Shapes: `x` is `[B, *event]` (at least one event axis), per-example outputs are `[B]`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, ArrayLike
+
+from diffjax._core import as_float_array, check_key, check_positive_int, is_concrete, sum_event
+from diffjax.sde import AbstractSDE
+
+__all__ = ["bits_per_dim", "dequantize", "log_prob"]
+
+DIVERGENCES = ("hutchinson", "exact")
+PROBES = ("rademacher", "gaussian")
+# Exact divergence: basis tangents pushed through the linearised drift in chunks of this size,
+# bounding memory by `B * D * _EXACT_CHUNK` floats.
+_EXACT_CHUNK = 64
+
+
+def _check_positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a positive finite float, got {value}.")
+    return float(value)
+
+
+def _check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
+
+
+def _batch_max_rms(err) -> Array:
+    """Step-size norm: the largest per-example RMS of the scaled error `(x, delta_logp)`.
+
+    The whole batch is one ODE state, so the adaptive step is shared; taking the max over
+    examples (instead of diffrax's RMS over the whole state) gives every example the accuracy
+    it would get from its own solve.
+    """
+    return jnp.max(jax.vmap(optx.rms_norm)(err))
+
+
+def _divergence_exact(jvp_fn: Callable, x: Array) -> Array:
+    """`tr(df~/dx)` per example from `D` JVPs with the basis tangents `e_i` (block-diagonal
+    Jacobian: the same `e_i` in every example does not mix examples). Cost `O(D)` JVPs."""
+    event_shape, dim = x.shape[1:], math.prod(x.shape[1:])
+
+    def diagonal_entry(i):
+        e_i = jax.nn.one_hot(i, dim, dtype=x.dtype).reshape(event_shape)
+        tangent = jnp.broadcast_to(e_i, x.shape)
+        return sum_event(jvp_fn(tangent) * tangent)  # (df~/dx)_{ii} per example: [B]
+
+    entries = jax.lax.map(diagonal_entry, jnp.arange(dim), batch_size=min(dim, _EXACT_CHUNK))
+    return jnp.sum(entries, axis=0)
+
+
+def _divergence_hutchinson(jvp_fn: Callable, probes: Array) -> Array:
+    """`mean_p v_p^T (df~/dx) v_p` per example, one JVP per probe; `probes`: `[P, B, *event]`."""
+    jv = jax.vmap(jvp_fn)(probes)
+    return jnp.mean(sum_event(probes * jv, num_batch_dims=2), axis=0)
+
+
+def _evals_per_step(solver) -> tuple[int, int]:
+    """`(vector-field evaluations per step, extra evaluations at the start)` of an RK solver.
+
+    An explicit Runge-Kutta step with `s` stages costs `s` evaluations, or `s - 1` when the
+    last stage is reused as the next first one (FSAL); FSAL solvers evaluate `f(t_eps, x)` once
+    at the start. The first step size is given (`dt0`), so no evaluation picks it.
+    """
+    if not isinstance(solver, diffrax.AbstractERK):
+        raise TypeError(
+            f"`solver` must be an explicit Runge-Kutta diffrax solver with an error estimate "
+            f"(e.g. diffrax.Tsit5(), diffrax.Dopri5()), got {type(solver).__name__}."
+        )
+    tableau = solver.tableau
+    stages = len(tableau.c) + 1
+    return stages - int(tableau.fsal), int(tableau.fsal)
+
+
+def log_prob(
+    score_fn: Callable,
+    sde: AbstractSDE,
+    x: ArrayLike,
+    *args,
+    key=None,
+    divergence: str = "hutchinson",
+    num_probes: int = 1,
+    probe: str = "rademacher",
+    solver: diffrax.AbstractERK | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_eps: float = 1e-5,
+    max_steps: int = 4096,
+    prior_log_prob_fn: Callable | None = None,
+) -> tuple[Array, dict]:
+    r"""`log p(x)` per example through the probability-flow ODE: `[B, *event] -> [B]`.
+
+    Solves `dx_t/dt = f~(x_t, t)`, `d delta/dt = div f~(x_t, t)` from `(x, 0)` at `t_eps` to
+    `(z, delta)` at `T`, with `f~ = f - g^2 s / 2` (`sde.probability_flow_drift`), and returns
+    `log p(x) = prior_log_prob(z) + delta`: the log-density of the model's `p_{t_eps}`, the
+    marginal at the cut-off time (Song et al. 2021, App. D.2).
+
+    Main arguments:
+        score_fn: the model, `score_fn(x [B, *event], t [B], *args) -> [B, *event]`; a closure
+            over parameters is differentiable (`jax.grad` through diffrax's default
+            `RecursiveCheckpointAdjoint`).
+        sde: the forward SDE (`VPSDE`, `SubVPSDE`, `VESDE`).
+        x: data `[B, *event]`, at least one event axis (`[B, 1]` for scalars).
+        *args: extra arguments for `score_fn` (e.g. labels `y [B]`).
+        key: PRNG key for the Hutchinson probes (required for `divergence="hutchinson"`).
+        divergence: `"exact"` (trace of the Jacobian from `D` Jacobian-vector products per
+            evaluation, cost `O(D)` model JVPs, memory `O(B D min(D, 64))`: for small `D`) or
+            `"hutchinson"` (unbiased estimate, `num_probes` JVPs per evaluation, never the
+            Jacobian).
+
+    Other arguments:
+        num_probes: Hutchinson probes per example, averaged; drawn once per solve.
+        probe: `"rademacher"` (entries +-1, lowest variance) or `"gaussian"` (`N(0, I)`).
+        solver: an adaptive explicit Runge-Kutta diffrax solver; default `diffrax.Tsit5()`.
+        rtol, atol: tolerances of the PID step-size controller (first step `(T - t_eps) / 100`).
+            The step is shared by the batch; its error norm is the largest per-example RMS, so
+            each example meets them.
+        t_eps: start time in `(0, T)`. Default `1e-5` as in Song et al. 2021 (App. D.2): the
+            result is `log p_{t_eps}`, which differs from `log p_0` by `O(std(t_eps)^2)` times
+            the data's curvature (for the VP SDE `std(1e-5)^2 = 1e-6`), while `t_eps -> 0`
+            makes the score of a point-mass-like data distribution singular.
+        max_steps: maximum number of solver steps (diffrax raises if reached).
+        prior_log_prob_fn: `z [B, *event] -> [B]` replacing `sde.prior_log_prob`; e.g. the exact
+            `p_T` of a reference distribution in tests, since `N(0, prior_std^2 I)` is only
+            approximately `p_T` (gap about `mean_coeff(T) |mu|` per dimension for data mean `mu`).
+
+    Returns:
+        `(logp [B], info)` with `info` holding `nfe` (score-model evaluations, each with its
+        JVPs: `num_steps * evaluations per step` plus the start), `num_steps` (accepted and
+        rejected), `z` (the latent `x_T`, `[B, *event]`), `prior_log_prob` `[B]` and
+        `delta_logp` `[B]` (the change-of-volume term `int div f~ dt`).
+
+    Raises:
+        TypeError / ValueError: naming the argument, before compilation.
+    """
+    if not callable(score_fn):
+        raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}.")
+    if not isinstance(sde, AbstractSDE):
+        raise TypeError(f"`sde` must be an AbstractSDE (VPSDE, ...), got {type(sde).__name__}.")
+    x = as_float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(
+            f"`x` must have shape [B, *event] with at least one event axis "
+            f"([B, 1] for scalars), got {x.shape}."
+        )
+    divergence = _check_choice(divergence, "divergence", DIVERGENCES)
+    probe = _check_choice(probe, "probe", PROBES)
+    num_probes = check_positive_int(num_probes, "num_probes")
+    max_steps = check_positive_int(max_steps, "max_steps")
+    rtol = _check_positive_float(rtol, "rtol")
+    atol = _check_positive_float(atol, "atol")
+    t_eps = as_float_array(t_eps, "t_eps")
+    if t_eps.ndim != 0:
+        raise ValueError(f"`t_eps` must be a scalar, got shape {t_eps.shape}.")
+    if is_concrete(t_eps) and not 0.0 < float(t_eps) < sde.T:
+        raise ValueError(f"`t_eps` must lie in (0, T) = (0, {sde.T}), got {float(t_eps)}.")
+    solver = diffrax.Tsit5() if solver is None else solver
+    evals_per_step, evals_at_start = _evals_per_step(solver)
+    prior_log_prob_fn = sde.prior_log_prob if prior_log_prob_fn is None else prior_log_prob_fn
+    if not callable(prior_log_prob_fn):
+        raise TypeError(
+            f"`prior_log_prob_fn` must be callable, got {type(prior_log_prob_fn).__name__}."
+        )
+
+    batch = x.shape[0]
+    t_batch = jax.ShapeDtypeStruct((batch,), x.dtype)
+    try:
+        out = jax.eval_shape(score_fn, x, t_batch, *args)
+    except Exception as err:  # noqa: BLE001 -- report which argument failed, keep the cause
+        raise ValueError(
+            f"`score_fn` could not be called as score_fn(x {x.shape}, t [{batch}], *args): {err}"
+        ) from err
+    if not hasattr(out, "shape") or tuple(out.shape) != x.shape:
+        raise ValueError(
+            f"`score_fn(x, t)` must return an array of the shape of `x` {x.shape}, "
+            f"got {getattr(out, 'shape', type(out).__name__)}."
+        )
+    prior_out = jax.eval_shape(prior_log_prob_fn, x)
+    if not hasattr(prior_out, "shape") or tuple(prior_out.shape) != (batch,):
+        raise ValueError(
+            f"`prior_log_prob_fn(z)` must return shape [B] = ({batch},), "
+            f"got {getattr(prior_out, 'shape', type(prior_out).__name__)}."
+        )
+
+    if divergence == "hutchinson":
+        if key is None:
+            raise ValueError("`key` is required for divergence='hutchinson' (the probes).")
+        key = check_key(key)
+        shape = (num_probes,) + x.shape
+        if probe == "rademacher":
+            probes = jax.random.rademacher(key, shape, dtype=x.dtype)
+        else:
+            probes = jax.random.normal(key, shape, dtype=x.dtype)
+    else:
+        probes = None
+
+    def vector_field(t, state, fn_args):
+        x_t, _ = state
+        probes_, score_args = fn_args
+        drift = lambda y: sde.probability_flow_drift(score_fn, y, t, *score_args)
+        dx, jvp_fn = jax.linearize(drift, x_t)
+        if probes_ is None:
+            div = _divergence_exact(jvp_fn, x_t)
+        else:
+            div = _divergence_hutchinson(jvp_fn, probes_)
+        return dx, div
+
+    y0 = (x, jnp.zeros((batch,), x.dtype))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        solver,
+        t0=t_eps.astype(x.dtype),
+        t1=jnp.asarray(sde.T, x.dtype),
+        dt0=(sde.T - t_eps.astype(x.dtype)) / 100,
+        y0=y0,
+        args=(probes, args),
+        saveat=diffrax.SaveAt(t1=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_batch_max_rms),
+        max_steps=max_steps,
+    )
+    z, delta_logp = sol.ys[0][-1], sol.ys[1][-1]
+    prior = prior_log_prob_fn(z)
+    num_steps = sol.stats["num_steps"]
+    info = {
+        "nfe": num_steps * evals_per_step + evals_at_start,
+        "num_steps": num_steps,
+        "z": z,
+        "prior_log_prob": prior,
+        "delta_logp": delta_logp,
+    }
+    return prior + delta_logp, info
+
+
+def _check_interval(data_interval) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in data_interval)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"`data_interval` must be a pair of floats (lo, hi), got {data_interval!r}."
+        ) from err
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"`data_interval` must satisfy lo < hi, got {(lo, hi)}.")
+    return lo, hi
+
+
+def bits_per_dim(
+    logp: ArrayLike,
+    event_shape: tuple[int, ...],
+    *,
+    data_range: int = 256,
+    data_interval: tuple[float, float] = (-1.0, 1.0),
+) -> Array:
+    """Bits per dimension of integer data from the model's log-density in continuous units.
+
+    Integer data `k in {0, ..., R-1}` (`R = data_range`) is dequantized to `u = k + U[0, 1)` in
+    `[0, R)` and rescaled affinely to the model's range `[lo, hi) = data_interval`:
+    `x = lo + (hi - lo) u / R` (`dequantize`). With `D = prod(event_shape)` dimensions, the
+    change of variables gives the density of `u`:
+
+        log p_u(u) = log p_x(x) + D log((hi - lo) / R)     (for [-1, 1], R = 256: D log(2/256))
+
+    and the bits per dimension are `-log p_u(u) / (D log 2)`. Since `p_u` is a density on
+    `[0, R)^D` with unit-width bins, its negative log is an upper bound on the discrete
+    negative log-likelihood in nats (Theis et al. 2016; Ho et al. 2020).
+
+    Args:
+        logp: `log p_x(x)` per example, `[B]` (e.g. from `log_prob`).
+        event_shape: the shape of one example, e.g. `(8, 8, 1)`.
+        data_range: `R`, the number of integer levels (256 for 8-bit images, 17 for sklearn digits).
+        data_interval: `(lo, hi)`, the model's continuous range.
+
+    Returns:
+        `[B]` bits per dimension.
+    """
+    logp = as_float_array(logp, "logp")
+    data_range = check_positive_int(data_range, "data_range")
+    lo, hi = _check_interval(data_interval)
+    if not isinstance(event_shape, (tuple, list)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in event_shape
+    ):
+        raise TypeError(f"`event_shape` must be a tuple of positive ints, got {event_shape!r}.")
+    dim = math.prod(event_shape)
+    log_jacobian = dim * math.log((hi - lo) / data_range)
+    return -(logp + log_jacobian) / (dim * math.log(2.0))
+
+
+def dequantize(
+    key,
+    x: ArrayLike,
+    *,
+    data_range: int = 256,
+    data_interval: tuple[float, float] = (-1.0, 1.0),
+) -> Array:
+    """Uniform dequantization: integers `k in {0, ..., R-1}` to `lo + (hi - lo) (k + u) / R`.
+
+    `u ~ U[0, 1)` per entry, drawn from `key`; the result lies in `[lo, hi)` and its density is
+    what `bits_per_dim` converts (same `data_range`, `data_interval`).
+
+    Args:
+        key: PRNG key.
+        x: integer-valued data `[B, *event]` (any dtype) in `{0, ..., data_range - 1}`.
+        data_range: `R`, the number of integer levels.
+        data_interval: `(lo, hi)`, the model's continuous range.
+
+    Returns:
+        `[B, *event]` floats in `[lo, hi)`.
+    """
+    key = check_key(key)
+    data_range = check_positive_int(data_range, "data_range")
+    lo, hi = _check_interval(data_interval)
+    x = as_float_array(x, "x")
+    if is_concrete(x) and x.size:
+        if (
+            bool(jnp.any(x != jnp.round(x)))
+            or float(jnp.min(x)) < 0
+            or float(jnp.max(x)) > (data_range - 1)
+        ):
+            raise ValueError(
+                f"`x` must hold integers in {{0, ..., {data_range - 1}}} (data_range = "
+                f"{data_range}), got values in [{float(jnp.min(x))}, {float(jnp.max(x))}]."
+            )
+    u = jax.random.uniform(key, x.shape, dtype=x.dtype)
+    return lo + (hi - lo) * (x + u) / data_range
