@@ -10,10 +10,12 @@ from diffjax import (
     forward,
     guidance,
     likelihood,
+    losses,
     metrics,
     nets,
     schedules,
     sde,
+    training,
 )
 from diffjax.distributions import GaussianMixture, exact_eps, exact_score, gaussian
 from diffjax.forward import q_posterior, q_sample
@@ -36,10 +38,12 @@ __all__ = [
     "gaussian",
     "guidance",
     "likelihood",
+    "losses",
     "metrics",
     "nets",
     "q_posterior",
     "q_sample",
     "schedules",
     "sde",
+    "training",
 ]

@@ -163,6 +163,11 @@ class VPSDE(_AbstractVPFamily):
         """The linear DDPM schedule with `N` steps and `beta_i = beta(t_i) / N` (inverse of `from_ddpm`)."""
         num_steps = check_positive_int(num_steps, "num_steps")
         scale = self.T / num_steps
+        if float(self.beta_max) * scale >= 1.0:
+            raise ValueError(
+                f"`num_steps` must exceed beta_max * T = {float(self.beta_max) * self.T:g} so that "
+                f"every beta_i = beta(t_i) T / N lies in (0, 1); got {num_steps}."
+            )
         return linear(num_steps, float(self.beta_min) * scale, float(self.beta_max) * scale)
 
 

@@ -184,6 +184,7 @@ def test_marginal_jit_vmap_grad(name):
             "key",
         ),
         (lambda: dj.VPSDE.from_ddpm(0), ValueError, "num_steps"),
+        (lambda: dj.VPSDE().to_ddpm(10), ValueError, "num_steps"),
         (
             lambda: dj.q_sample(dj.VPSDE(), jnp.ones((2, 3)), 0.5, jnp.ones((2, 4))),
             ValueError,

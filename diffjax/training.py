@@ -1,0 +1,344 @@
+"""Training: a pure jitted step over an explicit state, data parallelism, Orbax checkpoints.
+
+The step is `train_step(state, batch, key) -> (state, metrics)`, built by `make_train_step`
+from a loss `loss_fn(params, batch, key) -> (loss, metrics)` (e.g. a `functools.partial` of a
+`diffjax.losses` function) and an Optax optimiser. Gradient clipping, learning-rate schedules,
+weight decay are Optax transformations chained into the optimiser:
+
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0),
+                            optax.adam(optax.warmup_cosine_decay_schedule(0, 2e-4, 500, 10_000)))
+    state = create_train_state(params, optimizer, ema_decay=0.999)
+    train_step = make_train_step(loss_fn, optimizer, ema_decay=0.999)
+    for i, batch in enumerate(batches):
+        state, metrics = train_step(state, batch, jax.random.fold_in(key, i))
+
+Data parallel (one host or many): build a mesh over all devices, replicate the state, shard
+each batch along its leading axis, and pass the mesh to `make_train_step`. Multi-host runs
+call `jax.distributed.initialize()` first in every process; `make_mesh()` then spans every
+device of every host, `shard_batch` takes each process's local slice of the global batch, and
+`replicate` expects identical values in every process (same seed). Randomness is drawn for
+the global batch from one key inside the compiled step, so 1 and N devices give the same
+result up to floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array
+
+from diffjax._core import check_positive_int
+
+__all__ = [
+    "Checkpointer",
+    "TrainState",
+    "create_train_state",
+    "make_mesh",
+    "make_train_step",
+    "replicate",
+    "restore_latest",
+    "shard_batch",
+]
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step (a pytree).
+
+    Attributes:
+        step: int32 scalar, the number of updates applied (skipped non-finite steps excluded).
+        params: the network parameters.
+        opt_state: the Optax optimiser state.
+        ema_params: exponential moving average of `params`, or `None` when training without
+            EMA (a `None` leaf costs nothing under `jit` and in checkpoints).
+    """
+
+    step: Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+
+
+def _check_optimizer(optimizer) -> optax.GradientTransformation:
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            f"`optimizer` must be an optax.GradientTransformation, got {type(optimizer).__name__}."
+        )
+    return optimizer
+
+
+def _check_ema_decay(ema_decay) -> float | None:
+    if ema_decay is None:
+        return None
+    if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float, np.floating)):
+        raise TypeError(
+            f"`ema_decay` must be a float in (0, 1) or None, got {type(ema_decay).__name__}."
+        )
+    if not 0.0 < float(ema_decay) < 1.0:
+        raise ValueError(f"`ema_decay` must lie in (0, 1), got {ema_decay}.")
+    return float(ema_decay)
+
+
+def create_train_state(params, optimizer, *, ema_decay: float | None = None) -> TrainState:
+    """The initial `TrainState`: step 0, `optimizer.init(params)`, EMA initialised to `params`.
+
+    The state holds its own copies of `params` (the train step donates the state's buffers,
+    so the caller's arrays stay valid). `ema_decay` only decides whether `ema_params` exists
+    (`None` -> no EMA); pass the same value to `make_train_step`.
+    """
+    _check_optimizer(optimizer)
+    ema_decay = _check_ema_decay(ema_decay)
+    params = jax.tree.map(jnp.array, params)
+    ema = None if ema_decay is None else jax.tree.map(jnp.array, params)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), ema)
+
+
+def make_train_step(
+    loss_fn: Callable,
+    optimizer,
+    *,
+    ema_decay: float | None = None,
+    mesh: Mesh | None = None,
+    data_axis: str = "data",
+    donate: bool = True,
+) -> Callable:
+    r"""A jitted pure step `(state, batch, key) -> (state, metrics)`.
+
+    One step: `(loss, metrics), g = value_and_grad(loss_fn)(params, batch, key)`,
+    `updates, opt_state = optimizer.update(g, opt_state, params)`,
+    `params <- optax.apply_updates(params, updates)`, and with EMA
+    `ema <- ema_decay ema + (1 - ema_decay) params` (`optax.incremental_update`).
+
+    Non-finite guard: when the loss or the gradient norm is not finite, the whole state is
+    returned unchanged (no update, no EMA update, `step` not incremented) and
+    `metrics["nonfinite"] = 1` (else 0), so the step stays one compiled program and a NaN
+    batch is reported rather than trained on; the host loop decides whether to skip or stop.
+    (`optax.apply_if_finite` only guards the optimiser, and applies NaN updates after
+    `max_consecutive_errors`, so it is not used here.)
+
+    Args:
+        loss_fn: `loss_fn(params, batch, key) -> (loss, metrics dict)`.
+        optimizer: an `optax.GradientTransformation` (chain clipping and schedules into it).
+        ema_decay: EMA decay in (0, 1), or `None`; must match `create_train_state`.
+        mesh: a `jax.sharding.Mesh` for data parallelism: the state and key are replicated
+            and every leaf of `batch` is sharded along its leading axis over `data_axis`
+            (use `replicate` / `shard_batch`). `None`: plain `jax.jit` on the default device.
+        donate: donate the input state's buffers to the output (the input state must not be
+            used after the call).
+
+    Returns:
+        `train_step`; `metrics` holds the loss function's metrics plus `loss`, `grad_norm`
+        (before the optimiser's own clipping) and `nonfinite`.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}.")
+    _check_optimizer(optimizer)
+    ema_decay = _check_ema_decay(ema_decay)
+    if mesh is not None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+        if data_axis not in mesh.axis_names:
+            raise ValueError(
+                f"`data_axis` {data_axis!r} is not an axis of the mesh {mesh.axis_names}."
+            )
+
+    def checked_loss(params, batch, key):
+        out = loss_fn(params, batch, key)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+            raise TypeError("`loss_fn` must return (loss, metrics dict).")
+        if jnp.shape(out[0]) != ():
+            raise ValueError(f"`loss_fn` must return a scalar loss, got shape {jnp.shape(out[0])}.")
+        return out
+
+    def train_step(state: TrainState, batch, key) -> tuple[TrainState, dict[str, Array]]:
+        if not isinstance(state, TrainState):
+            raise TypeError(f"`state` must be a TrainState, got {type(state).__name__}.")
+        if (ema_decay is None) != (state.ema_params is None):
+            raise ValueError(
+                "`ema_decay` of make_train_step and create_train_state must both be set or "
+                f"both be None; got ema_decay={ema_decay} and a state "
+                f"{'without' if state.ema_params is None else 'with'} ema_params."
+            )
+        (loss, metrics), grads = jax.value_and_grad(checked_loss, has_aux=True)(
+            state.params, batch, key
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = None
+        if ema_decay is not None:
+            ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = TrainState(state.step + 1, params, opt_state, ema)
+        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "nonfinite": jnp.logical_not(finite).astype(jnp.int32),
+        }
+        return state, metrics
+
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=donate_argnums)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec(data_axis))
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated, data, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=donate_argnums,
+    )
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+
+def make_mesh(devices=None, *, data_axis: str = "data") -> Mesh:
+    """A 1-D mesh named `data_axis` over `devices` (default: `jax.devices()`, every device of
+    every process after `jax.distributed.initialize()`)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("`devices` must not be empty.")
+    return Mesh(np.asarray(devices), (data_axis,))
+
+
+def replicate(tree, mesh: Mesh):
+    """Place every leaf of `tree` (e.g. a `TrainState`) on every device of `mesh`."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_batch(batch, mesh: Mesh, *, data_axis: str = "data"):
+    """Shard every leaf of `batch` along its leading axis over `data_axis` of `mesh`.
+
+    Each process passes its local slice of the global batch (single process: the whole
+    batch); the leading size must be divisible by the number of this process's devices.
+    """
+    if data_axis not in mesh.axis_names:
+        raise ValueError(f"`data_axis` {data_axis!r} is not an axis of the mesh {mesh.axis_names}.")
+    sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+    num_local = len(mesh.local_devices)
+
+    def put(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if x.ndim < 1 or x.shape[0] % num_local:
+            raise ValueError(
+                f"every batch leaf needs a leading axis divisible by the {num_local} local "
+                f"devices, got shape {x.shape}."
+            )
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, batch)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpointer:
+    """Orbax checkpoints of a `TrainState`: save every `save_interval_steps`, keep the last k.
+
+    A thin wrapper over `orbax.checkpoint.CheckpointManager`. Saves are atomic: Orbax writes
+    into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` when complete, and
+    ignores (and by default cleans up) temporary directories, so an interrupted save is never
+    restored. Errors are plain Python: `FileNotFoundError` for a missing directory or step,
+    `ValueError` (naming the path) for a corrupt checkpoint or one that does not match `like`.
+
+    Args:
+        directory: the checkpoint root (one sub-directory per step).
+        save_interval_steps: `save` writes only when `step % save_interval_steps == 0`
+            (or `force=True`).
+        max_to_keep: keep the latest `max_to_keep` steps (`None`: keep all).
+        create: create `directory` if missing (`False` for read-only use).
+        async_save: write in a background thread (`wait()` or `close()` to finish).
+
+    Use as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        directory,
+        *,
+        save_interval_steps: int = 1,
+        max_to_keep: int | None = None,
+        create: bool = True,
+        async_save: bool = False,
+    ):
+        self.directory = os.path.abspath(os.fspath(directory))
+        save_interval_steps = check_positive_int(save_interval_steps, "save_interval_steps")
+        if max_to_keep is not None:
+            max_to_keep = check_positive_int(max_to_keep, "max_to_keep")
+        if not create and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist.")
+        policies = ocp.checkpoint_managers
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=policies.FixedIntervalPolicy(save_interval_steps),
+            preservation_policy=policies.LatestN(max_to_keep),  # n=None keeps all
+            create=create,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, state: TrainState, step: int | None = None, *, force: bool = False) -> bool:
+        """Save `state` under `step` (default `state.step`) if the interval says so; returns
+        whether it saved."""
+        if not isinstance(state, TrainState):
+            raise TypeError(f"`state` must be a TrainState, got {type(state).__name__}.")
+        step = int(state.step) if step is None else int(step)
+        return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+    def all_steps(self) -> list[int]:
+        """The saved (complete) steps, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(self, like: TrainState, step: int | None = None) -> TrainState:
+        """The state saved at `step` (default: the latest), with the structure, shapes, dtypes
+        and shardings of `like` (e.g. a freshly created state)."""
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint found in {self.directory}.")
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.directory}; available: {steps}."
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        path = os.path.join(self.directory, str(step))
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as err:
+            raise ValueError(
+                f"could not restore the checkpoint at {path}: it is corrupt or does not match "
+                f"`like` ({type(err).__name__}: {str(err)[:500]})."
+            ) from err
+
+    def wait(self) -> None:
+        """Block until pending (async) saves are written."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def restore_latest(directory, like: TrainState) -> TrainState:
+    """The latest complete checkpoint in `directory`, restored like `like`."""
+    with Checkpointer(directory, create=False) as ckpt:
+        return ckpt.restore(like)

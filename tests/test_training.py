@@ -1,0 +1,301 @@
+"""Training: the step's algebra (clipping, schedule, EMA) in closed form, an MLP reaching the
+exact-score loss, the NaN guard, data-parallel equality on 4 devices, Orbax checkpoints."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import diffjax as dj
+from diffjax import losses, nets, training
+
+# Orbax's tensorstore callbacks may hit a closed asyncio loop at garbage collection after a
+# failed restore; that upstream noise is not a property of our code.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+TARGET = jnp.array([3.0, -4.0])
+
+
+def _quadratic_loss(params, batch, key):
+    """`0.5 ||w - TARGET||^2 * mean(batch)`: gradient `(w - TARGET) mean(batch)`; NaN in the
+    batch gives a NaN loss and gradient."""
+    del key
+    loss = 0.5 * jnp.sum((params["w"] - TARGET) ** 2) * jnp.mean(batch)
+    return loss, {"batch_mean": jnp.mean(batch)}
+
+
+def test_step_applies_clipping_schedule_and_ema_in_closed_form():
+    """`optax.chain(clip_by_global_norm(1), sgd(schedule))` on a quadratic: each step moves `w`
+    by `-lr_k g min(1, 1/||g||)`, and `ema <- 0.9 ema + 0.1 w`, exactly as computed by hand."""
+    schedule = optax.linear_schedule(0.5, 0.1, 4)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(schedule))
+    params = {"w": jnp.zeros(2)}
+    state = training.create_train_state(params, opt, ema_decay=0.9)
+    step = training.make_train_step(_quadratic_loss, opt, ema_decay=0.9)
+    w, ema = np.zeros(2), np.zeros(2)
+    for k in range(4):
+        state, metrics = step(state, jnp.ones(3), jax.random.key(k))
+        g = w - np.asarray(TARGET)
+        norm = np.linalg.norm(g)
+        w = w - float(schedule(k)) * g * min(1.0, 1.0 / norm)
+        ema = 0.9 * ema + 0.1 * w
+        np.testing.assert_allclose(state.params["w"], w, rtol=1e-5)
+        np.testing.assert_allclose(state.ema_params["w"], ema, rtol=1e-5)
+        np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
+        assert int(state.step) == k + 1 and int(metrics["nonfinite"]) == 0
+    # The caller's params were copied, not donated.
+    np.testing.assert_array_equal(params["w"], np.zeros(2))
+
+
+def test_nonfinite_batch_is_reported_and_not_trained_on():
+    """A NaN batch: `metrics["nonfinite"] == 1` and the state (params, optimiser, EMA, step)
+    is returned unchanged; the next finite batch trains normally."""
+    opt = optax.adam(0.1)
+    state = training.create_train_state({"w": jnp.ones(2)}, opt, ema_decay=0.5)
+    step = training.make_train_step(_quadratic_loss, opt, ema_decay=0.5, donate=False)
+    state, _ = step(state, jnp.ones(3), jax.random.key(0))
+    bad = jnp.array([1.0, jnp.nan, 1.0])
+    new, metrics = step(state, bad, jax.random.key(1))
+    assert int(metrics["nonfinite"]) == 1 and not np.isfinite(float(metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    new, metrics = step(new, jnp.ones(3), jax.random.key(2))
+    assert int(metrics["nonfinite"]) == 0 and int(new.step) == 2
+    assert np.all(np.isfinite(new.params["w"]))
+
+
+def test_mlp_on_eight_gaussians_reaches_the_exact_score_loss(eight_gaussians):
+    """`nets.MLP` (3 x 128) trained by `make_train_step` with DSM (eps, simple, VP, t_eps=1e-3)
+    for 2000 steps of 256 points (one `lax.scan`, one compilation) gets within 5% of the loss of
+    the exact eps, both measured on the same 4 x 4096 held-out points and keys (measured: exact
+    0.2166, EMA params 0.2203, +1.7%; an untrained network is at ~1.0)."""
+    sde = dj.VPSDE()
+    apply, params = nets.split(nets.MLP(2, hidden=(128, 128, 128), embed_dim=64, rngs=nnx.Rngs(0)))
+
+    def loss_fn(p, batch, key):
+        return losses.dsm(p, apply, key, batch, sde, t_eps=1e-3)
+
+    num_steps, batch = 2000, 256
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adam(optax.cosine_decay_schedule(3e-3, num_steps, alpha=0.05)),
+    )
+    state = training.create_train_state(params, opt, ema_decay=0.99)
+    step = training.make_train_step(loss_fn, opt, ema_decay=0.99)
+    data = eight_gaussians.sample(jax.random.key(1), num_steps * batch).reshape(num_steps, batch, 2)
+    keys = jax.random.split(jax.random.key(2), num_steps)
+    run = jax.jit(lambda s, d, k: jax.lax.scan(lambda s, xs: step(s, *xs), s, (d, k)))
+    state, metrics = run(state, data, keys)
+    assert int(metrics["nonfinite"].sum()) == 0 and int(state.step) == num_steps
+
+    held_out = eight_gaussians.sample(jax.random.key(3), 4096)
+    eval_keys = jax.random.split(jax.random.key(4), 4)
+    exact = dj.exact_eps(eight_gaussians, sde)
+
+    @jax.jit
+    def evaluate(p):
+        trained = jax.vmap(lambda k: loss_fn(p, held_out, k)[0])(eval_keys)
+        best = jax.vmap(
+            lambda k: losses.dsm(None, lambda _, x, t: exact(x, t), k, held_out, sde, t_eps=1e-3)[0]
+        )(eval_keys)
+        return trained.mean(), best.mean()
+
+    trained, best = (float(v) for v in evaluate(state.ema_params))
+    assert best < trained < 1.05 * best, (trained, best)
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from flax import nnx
+    import diffjax as dj
+    from diffjax import losses, nets, training
+
+    assert jax.device_count() == 4
+    sde = dj.VPSDE()
+    gmm = dj.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0], [1.0, 0.0]]), jnp.array([0.2, 0.2]))
+    apply, params = nets.split(nets.MLP(2, hidden=(32, 32), embed_dim=16, rngs=nnx.Rngs(0)))
+    loss_fn = lambda p, batch, key: losses.dsm(p, apply, key, batch, sde)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+    data = gmm.sample(jax.random.key(1), 20 * 64).reshape(20, 64, 2)
+    mesh = training.make_mesh()
+    results = []
+    for m in (None, mesh):
+        state = training.create_train_state(params, opt, ema_decay=0.9)
+        step = training.make_train_step(loss_fn, opt, ema_decay=0.9, mesh=m)
+        if m is not None:
+            state = training.replicate(state, m)
+        for i in range(20):
+            batch = data[i] if m is None else training.shard_batch(np.asarray(data[i]), m)
+            if m is not None:
+                assert len(batch.sharding.device_set) == 4
+            state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(2), i))
+        results.append(jax.tree.leaves(jax.device_get((state.params, state.ema_params))))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*results))
+    scale = max(float(np.max(np.abs(a))) for a in results[0])
+    print("MAXDIFF", diff, scale)
+    assert diff <= 1e-4 * scale, (diff, scale)
+    try:
+        training.shard_batch(np.zeros((6, 2)), mesh)
+    except ValueError as err:
+        assert "divisible" in str(err)
+    else:
+        raise AssertionError("no error for a batch of 6 on 4 devices")
+    print("OK")
+    """
+)
+
+
+def test_data_parallel_on_four_devices_matches_one_device(tmp_path):
+    """20 steps of an MLP with the batch sharded over 4 (forced host) devices give the same
+    parameters and EMA as one device, to 1e-4 relative (float reduction order); run in a
+    subprocess since the device count must be set before JAX starts."""
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _mlp_setup():
+    apply, params = nets.split(nets.MLP(2, hidden=(16,), embed_dim=8, rngs=nnx.Rngs(0)))
+    sde = dj.VPSDE()
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adam(optax.linear_schedule(1e-2, 1e-3, 20))
+    )
+
+    def loss_fn(p, batch, key):
+        return losses.dsm(p, apply, key, batch, sde)
+
+    data = jax.random.normal(jax.random.key(5), (20, 32, 2))
+    step = training.make_train_step(loss_fn, opt, ema_decay=0.9)
+    return params, opt, step, data
+
+
+def _run(state, step, data, start, stop, ckpt=None):
+    for i in range(start, stop):
+        state, _ = step(state, data[i], jax.random.fold_in(jax.random.key(6), i))
+        if ckpt is not None:
+            ckpt.save(state)
+    return state
+
+
+@pytest.fixture(scope="module")
+def ckpt_run(tmp_path_factory):
+    """An uninterrupted 20-step run, and a run saved every 5 steps (keep 2) and stopped at 12."""
+    params, opt, step, data = _mlp_setup()
+    full = _run(training.create_train_state(params, opt, ema_decay=0.9), step, data, 0, 20)
+    directory = tmp_path_factory.mktemp("ckpt") / "run"
+    with training.Checkpointer(directory, save_interval_steps=5, max_to_keep=2) as ckpt:
+        _run(training.create_train_state(params, opt, ema_decay=0.9), step, data, 0, 12, ckpt)
+        steps = ckpt.all_steps()
+    return params, opt, step, data, full, directory, steps
+
+
+def test_checkpoint_restore_and_continue_is_bit_identical(ckpt_run):
+    """Restore the latest checkpoint (step 10) into a fresh state's structure, continue to 20:
+    params, optimiser state and EMA equal the uninterrupted run bit for bit; only the last
+    two saves (5, 10) were kept and none happened off the interval (steps 1..12, every 5)."""
+    params, opt, step, data, full, directory, steps = ckpt_run
+    assert steps == [5, 10]
+    like = training.create_train_state(params, opt, ema_decay=0.9)
+    restored = training.restore_latest(directory, like)
+    assert jax.tree.structure(restored) == jax.tree.structure(like)
+    assert int(restored.step) == 10
+    resumed = _run(restored, step, data, 10, 20)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_keeps_last_k_and_ignores_partial_saves(tmp_path, ckpt_run):
+    """keep-last-2 over saves at 5, 10, 15, 20; a temporary (interrupted) save directory
+    left by Orbax's write-then-rename protocol is never restored."""
+    params, opt, step, data, full, _, _ = ckpt_run
+    with training.Checkpointer(tmp_path / "k", max_to_keep=2) as ckpt:
+        for s in (5, 10, 15, 20):
+            assert ckpt.save(full, step=s)
+        assert ckpt.all_steps() == [15, 20]
+    shutil.copytree(tmp_path / "k" / "20", tmp_path / "k" / "30.orbax-checkpoint-tmp-1234")
+    like = training.create_train_state(params, opt, ema_decay=0.9)
+    with training.Checkpointer(tmp_path / "k", create=False) as ckpt:
+        assert ckpt.latest_step() == 20
+        assert int(ckpt.restore(like).step) == int(full.step)
+    with training.Checkpointer(tmp_path / "i", save_interval_steps=5) as ckpt:
+        assert not ckpt.save(full, step=7) and ckpt.save(full, step=7, force=True)
+    with training.Checkpointer(tmp_path / "a", async_save=True) as ckpt:
+        assert ckpt.save(full)
+        ckpt.wait()
+        assert ckpt.all_steps() == [int(full.step)]
+        restored = ckpt.restore(like)
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(full), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_corrupt_or_missing_checkpoint_gives_clear_errors(tmp_path, ckpt_run):
+    params, opt, _, _, full, _, _ = ckpt_run
+    like = training.create_train_state(params, opt, ema_decay=0.9)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        training.restore_latest(tmp_path / "missing", like)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        training.restore_latest(tmp_path / "empty", like)
+    with training.Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(full, step=3)
+        with pytest.raises(FileNotFoundError, match="step 4"):
+            ckpt.restore(like, step=4)
+        no_ema = training.create_train_state(params, opt)
+        with pytest.raises(ValueError, match="could not restore"):
+            ckpt.restore(no_ema)
+    for name in glob.glob(str(tmp_path / "c" / "3" / "default" / "d" / "*")):
+        with open(name, "r+b") as f:
+            f.truncate(8)
+    with pytest.raises(ValueError, match=str(tmp_path / "c" / "3")):
+        training.restore_latest(tmp_path / "c", like)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_bad_input_gives_clear_errors():
+    opt = optax.sgd(0.1)
+    for bad in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="ema_decay"):
+            training.create_train_state({"w": jnp.zeros(2)}, opt, ema_decay=bad)
+        with pytest.raises(ValueError, match="ema_decay"):
+            training.make_train_step(_quadratic_loss, opt, ema_decay=bad)
+    with pytest.raises(TypeError, match="ema_decay"):
+        training.make_train_step(_quadratic_loss, opt, ema_decay="0.9")
+    with pytest.raises(TypeError, match="optimizer"):
+        training.make_train_step(_quadratic_loss, "adam")
+    with pytest.raises(TypeError, match="loss_fn"):
+        training.make_train_step(None, opt)
+    state = training.create_train_state({"w": jnp.zeros(2)}, opt)
+    with pytest.raises(ValueError, match="ema_decay"):
+        training.make_train_step(_quadratic_loss, opt, ema_decay=0.9)(
+            state, jnp.ones(3), jax.random.key(0)
+        )
+    vector_loss = lambda p, b, k: (p["w"] * jnp.mean(b), {})
+    with pytest.raises(ValueError, match="scalar loss"):
+        training.make_train_step(vector_loss, opt)(state, jnp.ones(3), jax.random.key(0))
+    with pytest.raises(ValueError, match="data_axis"):
+        training.make_train_step(_quadratic_loss, opt, mesh=training.make_mesh(), data_axis="batch")
+    with pytest.raises(ValueError, match="save_interval_steps"):
+        training.Checkpointer("/tmp/never-created", save_interval_steps=0)
