@@ -1,0 +1,377 @@
+"""Samplers checked against exact Gaussian-mixture references (no training).
+
+The model functions are the exact `eps` / score of the noised mixture (`distributions`), so any
+gap to the true samples is the sampler's own error. Energy distances compare 4000 samples with
+4000 fresh true samples (noise level about 0.0015 in 2-D); every key is fixed.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffjax as dj
+from diffjax import samplers
+from diffjax.metrics import energy_distance
+
+N = 4000
+TOL = 0.003  # energy-distance threshold, about twice its 4000-sample noise level
+
+
+def _eight_gaussians():
+    angles = 2 * np.pi * np.arange(8) / 8
+    means = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    return dj.GaussianMixture(np.full(8, 1 / 8), means, np.full(8, 0.1))
+
+
+def _problem(gmm, model_shape=None):
+    """The exact models for the linear DDPM schedule and the matching VP SDE.
+
+    With `model_shape`, the models reshape `x` to the mixture's event shape and back (the mixture
+    lives on flat vectors; the samplers see images).
+    """
+    sch = dj.schedules.linear(1000)
+    vp = dj.sde.VPSDE.from_ddpm(1000)
+
+    def reshaped(fn):
+        if model_shape is None:
+            return fn
+        return lambda x, t: fn(x.reshape((x.shape[0],) + gmm.event_shape), t).reshape(x.shape)
+
+    return SimpleNamespace(
+        gmm=gmm,
+        sch=sch,
+        vp=vp,
+        eps=reshaped(dj.exact_eps(gmm, sch)),
+        eps_vp=reshaped(dj.exact_eps(gmm, vp)),
+        score=reshaped(dj.exact_score(gmm, vp)),
+    )
+
+
+# Each sampler at its natural step count, with intermediate states saved.
+RUNS = {
+    "ddpm": lambda k, m, shape: samplers.ddpm(k, m.eps, m.sch, shape, save_times=[500, 100]),
+    "ddim": lambda k, m, shape: samplers.ddim(k, m.eps, m.sch, shape, save_times=[500]),
+    "reverse_sde": lambda k, m, shape: samplers.reverse_sde(
+        k, m.score, m.vp, shape, save_times=[0.5, 0.1]
+    ),
+    # Batch-mean norms in the corrector's SNR rule (the default): with per-example norms the
+    # state's std at t = 0.5 grows from 1.0 to 1.5 in 2-D.
+    "predictor_corrector": lambda k, m, shape: samplers.predictor_corrector(
+        k, m.score, m.vp, shape, save_times=[0.5]
+    ),
+    "ode": lambda k, m, shape: samplers.ode(k, m.score, m.vp, shape, save_times=[0.5, 0.1]),
+    "dpm_solver": lambda k, m, shape: samplers.dpm_solver(
+        k, m.eps_vp, m.vp, shape, num_steps=20, save_times=[0.5]
+    ),
+}
+NFE = {"ddpm": 1000, "ddim": 50, "reverse_sde": 1001 + 2, "predictor_corrector": 1001}
+
+
+@pytest.fixture(scope="module")
+def mix2d():
+    return _problem(_eight_gaussians())
+
+
+@pytest.fixture(scope="module")
+def ref2d(mix2d):
+    return mix2d.gmm.sample(jax.random.key(1), N)
+
+
+@pytest.fixture(scope="module")
+def runs2d(mix2d):
+    return {name: run(jax.random.key(0), mix2d, (N, 2)) for name, run in RUNS.items()}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_energy_distance_2d(name, runs2d, ref2d):
+    x, info = runs2d[name]
+    assert x.shape == (N, 2)
+    assert float(energy_distance(x, ref2d)) < TOL
+    if name in NFE:
+        assert int(info["nfe"]) == NFE[name]
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_intermediate_states_follow_exact_marginals(name, runs2d, mix2d):
+    """`info["trajectory"][j]` is distributed as `p_t` at `t = info["times"][j]`."""
+    _, info = runs2d[name]
+    process = mix2d.sch if name in ("ddpm", "ddim") else mix2d.vp
+    assert info["trajectory"].shape == (info["times"].shape[0], N, 2)
+    assert bool(jnp.all(jnp.diff(info["times"]) < 0))  # sampling order
+    for j, (x_t, t) in enumerate(zip(info["trajectory"], info["times"], strict=True)):
+        exact = mix2d.gmm.noised(process, t).sample(jax.random.key(10 + j), N)
+        assert float(energy_distance(x_t, exact)) < TOL, (name, float(t))
+    if name in ("ddpm", "reverse_sde", "ode"):  # these save exactly at the requested times
+        requested = [500, 100][: info["times"].shape[0]] if name == "ddpm" else [0.5, 0.1]
+        np.testing.assert_allclose(info["times"], requested, rtol=1e-5)
+
+
+def test_ode_nfe_counts_tsit5_stages(runs2d):
+    _, info = runs2d["ode"]
+    # Tsit5 is FSAL: one evaluation at the start, six per step; one more to denoise.
+    assert int(info["nfe"]) == 1 + 6 * int(info["num_steps"]) + 1
+
+
+@pytest.fixture(scope="module")
+def mix_images():
+    means = 0.25 * jax.random.normal(jax.random.key(5), (4, 64))
+    return _problem(dj.GaussianMixture(np.full(4, 1 / 4), means, np.full(4, 0.1)), (8, 8, 1))
+
+
+IMAGE_RUNS = {
+    # In 64-D, DDIM's 50 uniform steps leave 0.005 (100 steps: 0.0018); the DDIM paper's
+    # quadratic spacing, denser near t = 0, is at noise level with 50.
+    "ddim": lambda k, m, shape: samplers.ddim(k, m.eps, m.sch, shape, spacing="quadratic"),
+    **{name: RUNS[name] for name in ("reverse_sde", "predictor_corrector", "ode", "dpm_solver")},
+}
+
+
+@pytest.mark.parametrize("name", list(IMAGE_RUNS))
+def test_energy_distance_images(name, mix_images):
+    """The samplers on `[B, 8, 8, 1]` images of a 64-dimensional mixture."""
+    x, _ = IMAGE_RUNS[name](jax.random.key(0), mix_images, (N, 8, 8, 1))
+    assert x.shape == (N, 8, 8, 1)
+    ref = mix_images.gmm.sample(jax.random.key(1), N)
+    assert float(energy_distance(x.reshape(N, 64), ref)) < TOL
+
+
+def test_error_falls_with_steps_and_dpm_beats_ddim(mix2d, ref2d):
+    key, shape = jax.random.key(0), (N, 2)
+    ddim = {n: samplers.ddim(key, mix2d.eps, mix2d.sch, shape, num_steps=n)[0] for n in (5, 10, 20)}
+    dpm = {
+        n: samplers.dpm_solver(key, mix2d.eps_vp, mix2d.vp, shape, num_steps=n)[0]
+        for n in (4, 5, 10, 20)
+    }
+    ed_ddim = {n: float(energy_distance(x, ref2d)) for n, x in ddim.items()}
+    ed_dpm = {n: float(energy_distance(x, ref2d)) for n, x in dpm.items()}
+    for ed in (ed_ddim, ed_dpm):
+        assert ed[5] > 3 * TOL  # far from the data at 5 steps
+        assert ed[10] < ed[5] / 5
+        assert ed[20] < TOL
+    # DPM-Solver++(2M) with 4 steps uses 5 evaluations (one to denoise), like DDIM with 5.
+    assert ed_dpm[4] < ed_ddim[5]
+
+
+def test_dpm_solver_converges_at_second_order(mix2d):
+    """Pathwise error against a tight PF-ODE solve from the same `x_T`, on a single Gaussian."""
+    g = dj.gaussian(jnp.array([1.0, -0.5]), 0.5)
+    vp = mix2d.vp
+    key, shape = jax.random.key(3), (256, 2)
+    exact, _ = samplers.ode(key, dj.exact_score(g, vp), vp, shape, rtol=1e-7, atol=1e-7)
+    eps = dj.exact_eps(g, vp)
+    errs = {}
+    for order in (1, 2):
+        errs[order] = [
+            float(
+                jnp.max(
+                    jnp.abs(
+                        samplers.dpm_solver(key, eps, vp, shape, num_steps=n, order=order)[0]
+                        - exact
+                    )
+                )
+            )
+            for n in (16, 32)
+        ]
+    rate = {o: np.log2(e[0] / e[1]) for o, e in errs.items()}
+    assert 0.7 < rate[1] < 1.4, errs
+    assert 1.5 < rate[2] < 2.6, errs
+    assert errs[2][1] < errs[1][1] / 5
+
+
+@pytest.fixture(scope="module")
+def gaussian_weak():
+    """`N(1, 0.5^2 I)` in 4-D; the exact second moment after the Tweedie step at `t_eps`."""
+    vp = dj.sde.VPSDE.from_ddpm(1000)
+    dim, mu, s0 = 4, 1.0, 0.5
+    g = dj.gaussian(jnp.full((dim,), mu), s0)
+    a, s = vp.marginal(jnp.asarray(1e-3))
+    exact = dim * (mu**2 + a**2 * s0**4 / (a**2 * s0**2 + s**2))
+    return SimpleNamespace(vp=vp, score=dj.exact_score(g, vp), exact=float(exact))
+
+
+def _second_moment_error(p, n, solver=None, batch=50_000):
+    x, _ = samplers.reverse_sde(
+        jax.random.key(n), p.score, p.vp, (batch, 4), num_steps=n, solver=solver
+    )
+    return float(jnp.mean(jnp.sum(x**2, axis=-1))) / p.exact - 1.0
+
+
+def test_reverse_sde_weak_first_order(gaussian_weak):
+    """Euler-Maruyama's weak error in `E|x|^2` falls as `1/N` (Monte Carlo noise ~0.3%)."""
+    steps = np.array([16, 32, 64])
+    errs = np.array([_second_moment_error(gaussian_weak, n) for n in steps])
+    slope = np.polyfit(np.log(steps), np.log(np.abs(errs)), 1)[0]
+    assert -1.35 < slope < -0.7, errs
+    # ShARK (additive-noise stochastic Runge-Kutta, space-time Levy area) is far more accurate.
+    assert abs(_second_moment_error(gaussian_weak, 16, dfx.ShARK())) < abs(errs[0]) / 3
+
+
+def test_reverse_sde_adaptive(mix2d, ref2d):
+    x, info = samplers.reverse_sde(
+        jax.random.key(0), mix2d.score, mix2d.vp, (N, 2), adaptive=True, rtol=1e-2, atol=1e-2
+    )
+    assert float(energy_distance(x, ref2d)) < TOL
+    assert int(info["nfe"]) == 2 * int(info["num_steps"]) + 1  # ShARK: two drift stages
+
+
+def test_encode_decode_round_trip(mix2d, ref2d):
+    x = ref2d[:256]
+    z, info_z = samplers.encode(mix2d.score, mix2d.vp, x, rtol=1e-6, atol=1e-6)
+    back, _ = samplers.decode(mix2d.score, mix2d.vp, z, rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(back - x))) < 1e-3
+    # The latents are close to the N(0, I) prior.
+    assert abs(float(jnp.std(z)) - 1.0) < 0.15
+    assert int(info_z["nfe"]) > 0
+
+
+SMALL = {
+    "ddpm": lambda k, m: samplers.ddpm(k, m.eps, m.sch, (16, 2)),
+    "ddim": lambda k, m: samplers.ddim(k, m.eps, m.sch, (16, 2), num_steps=10, eta=0.5),
+    "reverse_sde": lambda k, m: samplers.reverse_sde(k, m.score, m.vp, (16, 2), num_steps=20),
+    "predictor_corrector": lambda k, m: samplers.predictor_corrector(
+        k, m.score, m.vp, (16, 2), num_steps=20
+    ),
+    "ode": lambda k, m: samplers.ode(k, m.score, m.vp, (16, 2), num_steps=20),
+    "dpm_solver": lambda k, m: samplers.dpm_solver(k, m.eps_vp, m.vp, (16, 2), num_steps=6),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_same_key_same_samples_and_vmap(name, mix2d):
+    keys = jax.random.split(jax.random.key(7), 2)
+    batched = jax.vmap(lambda k: SMALL[name](k, mix2d)[0])(keys)
+    single = [SMALL[name](k, mix2d)[0] for k in keys]
+    for j in range(2):
+        # Equal up to float reassociation, amplified along the trajectory.
+        np.testing.assert_allclose(batched[j], single[j], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(SMALL[name](keys[0], mix2d)[0], single[0])
+    assert not np.allclose(single[0], single[1])
+
+
+def test_legacy_keys_and_jit(mix2d):
+    run = SMALL["ddim"]
+    x = jax.jit(lambda k: run(k, mix2d)[0])(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(x, run(jax.random.PRNGKey(0), mix2d)[0], rtol=1e-5, atol=1e-5)
+
+
+def _bad_eps(x, t):
+    return x[:, :1]
+
+
+BAD = [
+    (lambda m: samplers.ddim(jax.random.key(0), m.eps, m.sch, (8, 2), eta=1.5), ValueError, "eta"),
+    (
+        lambda m: samplers.ddim(jax.random.key(0), m.eps, m.sch, (8, 2), spacing="log"),
+        ValueError,
+        "spacing",
+    ),
+    (
+        lambda m: samplers.ddim(jax.random.key(0), m.eps, m.sch, (8, 2), num_steps=0),
+        ValueError,
+        "num_steps",
+    ),
+    (
+        lambda m: samplers.ddim(jax.random.key(0), m.eps, m.sch, (8, 2), num_steps=2000),
+        ValueError,
+        "num_steps",
+    ),
+    (
+        lambda m: samplers.ddpm(jax.random.key(0), m.eps, m.sch, (8, 2), variance="big"),
+        ValueError,
+        "variance",
+    ),
+    (lambda m: samplers.ddpm(jax.random.key(0), _bad_eps, m.sch, (8, 2)), ValueError, "eps_fn"),
+    (lambda m: samplers.ddpm(0, m.eps, m.sch, (8, 2)), TypeError, "key"),
+    (lambda m: samplers.ddpm(jax.random.key(0), m.eps, m.vp, (8, 2)), TypeError, "schedule"),
+    (lambda m: samplers.ddpm(jax.random.key(0), m.eps, m.sch, (2,)), ValueError, "shape"),
+    (
+        lambda m: samplers.ddpm(jax.random.key(0), m.eps, m.sch, (8, 2), save_times=[2000]),
+        ValueError,
+        "save_times",
+    ),
+    (
+        lambda m: samplers.reverse_sde(jax.random.key(0), m.score, m.vp, (8, 2), t_eps=0.0),
+        ValueError,
+        "t_eps",
+    ),
+    (
+        lambda m: samplers.reverse_sde(jax.random.key(0), m.score, m.vp, (8, 2), t_eps=1.5),
+        ValueError,
+        "t_eps",
+    ),
+    (
+        lambda m: samplers.reverse_sde(jax.random.key(0), m.score, m.vp, (8, 2), num_steps=-3),
+        ValueError,
+        "num_steps",
+    ),
+    (
+        lambda m: samplers.reverse_sde(jax.random.key(0), _bad_eps, m.vp, (8, 2)),
+        ValueError,
+        "score_fn",
+    ),
+    (
+        lambda m: samplers.reverse_sde(
+            jax.random.key(0), m.score, m.vp, (8, 2), adaptive=True, solver=dfx.Euler()
+        ),
+        ValueError,
+        "solver",
+    ),
+    (
+        lambda m: samplers.reverse_sde(jax.random.key(0), m.score, m.vp, (8, 2), save_times=[0.0]),
+        ValueError,
+        "save_times",
+    ),
+    (
+        lambda m: samplers.predictor_corrector(
+            jax.random.key(0), m.score, m.vp, (8, 2), predictor="ald"
+        ),
+        ValueError,
+        "predictor",
+    ),
+    (
+        lambda m: samplers.predictor_corrector(jax.random.key(0), m.score, m.vp, (8, 2), snr=0.0),
+        ValueError,
+        "snr",
+    ),
+    (
+        lambda m: samplers.predictor_corrector(
+            jax.random.key(0), m.score, m.vp, (8, 2), corrector_steps=-1
+        ),
+        ValueError,
+        "corrector_steps",
+    ),
+    (
+        lambda m: samplers.ode(jax.random.key(0), m.score, m.vp, (8, 2), rtol=-1.0),
+        ValueError,
+        "rtol",
+    ),
+    (lambda m: samplers.ode(jax.random.key(0), m.score, m.sch, (8, 2)), TypeError, "sde"),
+    (lambda m: samplers.decode(m.score, m.vp, jnp.zeros((8, 3))), ValueError, "score_fn"),
+    (
+        lambda m: samplers.dpm_solver(jax.random.key(0), m.eps_vp, m.vp, (8, 2), order=4),
+        ValueError,
+        "order",
+    ),
+    (
+        lambda m: samplers.dpm_solver(jax.random.key(0), m.eps_vp, dj.sde.VESDE(), (8, 2)),
+        TypeError,
+        "VPSDE",
+    ),
+    (
+        lambda m: samplers.dpm_solver(jax.random.key(0), m.eps_vp, m.vp, (8, 2), spacing="karras"),
+        ValueError,
+        "spacing",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD)
+def test_bad_input_is_named(call, error, match, mix2d):
+    with pytest.raises(error, match=match):
+        call(mix2d)
