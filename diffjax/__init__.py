@@ -7,6 +7,7 @@ Topical modules follow the lecture notes: `schedules` and `forward` (DDPM), `sde
 from diffjax import (
     data,
     distributions,
+    fokker_planck,
     forward,
     guidance,
     langevin,
@@ -36,6 +37,7 @@ __all__ = [
     "distributions",
     "exact_eps",
     "exact_score",
+    "fokker_planck",
     "forward",
     "gaussian",
     "guidance",

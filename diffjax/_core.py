@@ -23,6 +23,14 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def concrete(x) -> np.ndarray | None:
+    """The value of `x` as a NumPy array when it is known now, else `None` (a tracer).
+
+    Checks on values go through NumPy: inside `jit`, `jnp` ops on constants are staged too.
+    """
+    return np.asarray(x) if is_concrete(x) else None
+
+
 def as_float_array(x, name: str) -> Array:
     """`x` as a floating JAX array; integers are promoted, other dtypes raise `TypeError`."""
     arr = jnp.asarray(x)

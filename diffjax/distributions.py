@@ -26,8 +26,8 @@ from diffjax._core import (
     check_batch_time,
     check_key,
     check_positive_int,
+    concrete,
     expand_to,
-    is_concrete,
 )
 from diffjax.forward import eps_from_score
 
@@ -63,11 +63,11 @@ class GaussianMixture(eqx.Module):
                 f"`stds` must have shape [K={k}] or [K, *event] = {means.shape}, got {stds.shape}."
             )
         stds = jnp.broadcast_to(stds, means.shape)
-        if is_concrete(weights) and (
-            bool(jnp.any(weights <= 0)) or abs(float(jnp.sum(weights)) - 1.0) > 1e-5
-        ):
+        w = concrete(weights)
+        if w is not None and (np.any(w <= 0) or abs(float(w.sum()) - 1.0) > 1e-5):
             raise ValueError(f"`weights` must be positive and sum to 1, got {weights}.")
-        if is_concrete(stds) and bool(jnp.any(stds <= 0)):
+        s = concrete(stds)
+        if s is not None and np.any(s <= 0):
             raise ValueError("`stds` must be positive.")
         self.weights, self.means, self.stds = weights, means, stds
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from diffjax._core import (
     AbstractForwardProcess,
     as_float_array,
     check_batch_time,
+    concrete,
     expand_to,
-    is_concrete,
 )
 from diffjax.schedules import DiscreteSchedule
 
@@ -99,7 +98,8 @@ def q_posterior(
         raise ValueError(f"`x_t` must have the shape of `x0` {x0.shape}, got {x_t.shape}.")
     t = schedule.check_time(t)
     check_batch_time(x0, t)
-    if is_concrete(t) and t.size and int(jnp.min(t)) < 1:
+    value = concrete(t)
+    if value is not None and value.size and value.min() < 1:
         raise ValueError("`t` must lie in 1..T for the posterior q(x_{t-1} | x_t, x_0), got 0.")
     c0 = expand_to(schedule.posterior_mean_coef_x0[t], x0)
     ct = expand_to(schedule.posterior_mean_coef_xt[t], x0)

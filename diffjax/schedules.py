@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import AbstractForwardProcess, check_positive_int, is_concrete
+from diffjax._core import AbstractForwardProcess, check_positive_int, concrete
 
 __all__ = ["DiscreteSchedule", "constant", "cosine", "from_betas", "linear"]
 
@@ -79,10 +79,11 @@ class DiscreteSchedule(AbstractForwardProcess):
                 f"`{name}` must be integer steps in 0..{self.num_steps} for a discrete schedule, "
                 f"got dtype {t.dtype}."
             )
-        if is_concrete(t) and t.size and (int(t.min()) < 0 or int(t.max()) > self.num_steps):
+        value = concrete(t)
+        if value is not None and value.size and (value.min() < 0 or value.max() > self.num_steps):
             raise ValueError(
                 f"`{name}` must lie in 0..{self.num_steps}, got values in "
-                f"[{int(t.min())}, {int(t.max())}]."
+                f"[{int(value.min())}, {int(value.max())}]."
             )
         return t
 

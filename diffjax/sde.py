@@ -24,8 +24,8 @@ from diffjax._core import (
     as_float_array,
     check_batch_time,
     check_positive_int,
+    concrete,
     expand_to,
-    is_concrete,
 )
 from diffjax.schedules import DiscreteSchedule, linear
 
@@ -56,8 +56,9 @@ class AbstractSDE(AbstractForwardProcess):
     def check_time(self, t: ArrayLike, name: str = "t") -> Array:
         """`t` must be a real time in `[0, T]` (range checked when concrete)."""
         t = as_float_array(t, name)
-        if is_concrete(t) and t.size:
-            lo, hi = float(jnp.min(t)), float(jnp.max(t))
+        value = concrete(t)
+        if value is not None and value.size:
+            lo, hi = float(value.min()), float(value.max())
             if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > self.T * (1 + 1e-6):
                 raise ValueError(f"`{name}` must lie in [0, T] = [0, {self.T}], got [{lo}, {hi}].")
         return t

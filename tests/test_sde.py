@@ -161,6 +161,12 @@ def test_marginal_jit_vmap_grad(name):
         np.testing.assert_allclose(e, j, rtol=1e-6)
         np.testing.assert_allclose(e, m, rtol=1e-6)
     assert bool(jnp.all(jnp.isfinite(jax.vmap(jax.grad(lambda s: sde.marginal(s)[1]))(t))))
+    # A concrete time closed over by a jitted function is range-checked without concretising.
+    closed = jax.jit(lambda x: sde.drift(x, t))(jnp.ones((5, 2)))
+    np.testing.assert_allclose(closed, sde.drift(jnp.ones((5, 2)), t), rtol=1e-6)
+    late = t + 2 * sde.T
+    with pytest.raises(ValueError, match=r"\[0, T\]"):
+        jax.jit(lambda x: sde.drift(x, late))(jnp.ones((5, 2)))
 
 
 @pytest.mark.parametrize(
