@@ -21,5 +21,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
+demo: $(STAMP)
+	$(BIN)/python scripts/train.py --config demo --workdir outputs/demo --overwrite --figure outputs/demo.png
+
+bench:
+	test -x benchmarks/.venv-bench/bin/python || $(PY) -m venv benchmarks/.venv-bench
+	benchmarks/.venv-bench/bin/pip install --quiet -e ".[bench]"
+	benchmarks/.venv-bench/bin/python -m benchmarks.run
+
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

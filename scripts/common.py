@@ -1,0 +1,569 @@
+"""Shared pieces of the scripts: data, model, forward process, checkpoints, model views.
+
+A run is described by a `configs.Config`. `build(config)` turns it into a `Run`: the data
+(train and held-out), the network as a pure `apply(params, x, t[, y])`, the forward process
+the model was trained with, and its two *views*:
+
+- continuous: `eps(x, t)` / `score(x, t)` for an SDE (reverse SDE, PC, PF-ODE, DPM-Solver,
+  likelihood);
+- discrete: `eps(x, i)` for a DDPM schedule, integer `i` in `1..N` (DDPM, DDIM, the DDPM bound).
+
+A model trained on the VP SDE is used as a discrete model on `VPSDE.to_ddpm(N)`, the linear
+schedule with `beta_i = beta(i/N) / N`, by calling it at `t = i T / N`: the schedule's
+`alpha_bar_i = prod_{j<=i} (1 - beta_j) = exp(-int_0^{i/N} beta) (1 + O(1/N))` matches the
+SDE's `mean_coeff(t)^2`, so the network's `eps(x_t, t)` is the right noise estimate at step
+`i`. Conversely a model trained on a linear DDPM schedule is a continuous VP model on
+`VPSDE.from_ddpm(N, beta_start, beta_end)`, called at `i = t N / T` (a fractional step, which
+the sinusoidal time embedding accepts). Sub-VP and VE models have no discrete view, cosine
+schedules no continuous one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from configs import SCHEDULES, SDES, Config, UsageError, config_from_json
+from flax import nnx
+
+import diffjax as dj
+from diffjax import data, forward, guidance, likelihood, losses, nets, samplers, training
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+TOY_SETS = {
+    "eight_gaussians": data.eight_gaussians,
+    "two_moons": data.two_moons,
+    "swiss_roll": data.swiss_roll,
+    "checkerboard": data.checkerboard,
+    "two_class": data.two_class,
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Train and held-out arrays (NumPy, on the host) and what the evaluation needs to know.
+
+    `levels`: number of grey levels of image data mapped to `[-1, 1]` (`None` for 2-D);
+    `exact`: the data's exact density when known (a `GaussianMixture`), for reference NLLs.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray | None
+    x_heldout: np.ndarray
+    y_heldout: np.ndarray | None
+    num_classes: int | None
+    levels: int | None
+    exact: Any = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.levels is not None
+
+    @property
+    def data_interval(self) -> tuple[float, float]:
+        """The continuous range `[lo, hi)` whose `levels` equal bins are centred on the
+        levels `-1, -1 + d, ..., 1` (`d = 2 / (levels - 1)`): `(-1 - d/2, 1 + d/2)`."""
+        half = 1.0 / (self.levels - 1)
+        return (-1.0 - half, 1.0 + half)
+
+
+def _split(key, x, y, num_heldout: int):
+    n = x.shape[0]
+    if not 0 < num_heldout < n:
+        raise UsageError(
+            f"--num_heldout must lie in 1..{n - 1} for this data set, got {num_heldout}."
+        )
+    perm = np.asarray(jax.random.permutation(key, n))
+    train, held = perm[num_heldout:], perm[:num_heldout]
+    return x[train], None if y is None else y[train], x[held], None if y is None else y[held]
+
+
+def load_data(config: Config) -> Dataset:
+    """The data set of `config`: 2-D sets drawn from `seed` (held-out from another key),
+    images split by a fixed permutation."""
+    key_train, key_held = jax.random.split(jax.random.key(config.seed))
+    name = config.dataset
+    if name in TOY_SETS:
+        draw = TOY_SETS[name]
+        train, held = draw(key_train, config.num_train), draw(key_held, config.num_heldout)
+        exact = None
+        if name == "eight_gaussians":
+            exact = dj.GaussianMixture(*data.eight_gaussians_params())
+        if name == "two_class":
+            (x, y), (xh, yh) = train, held
+            exact = dj.GaussianMixture(*data.two_class_params()[:3])
+            return Dataset(*map(np.asarray, (x, y, xh, yh)), 2, None, exact)
+        return Dataset(np.asarray(train), None, np.asarray(held), None, None, None, exact)
+    if name == "digits":
+        x, y = data.digits()
+        levels = 17
+    elif name.startswith("npz:"):
+        try:
+            x, y = data.load_npz(name[4:])
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from err
+        levels = 256
+    else:
+        raise UsageError(
+            f"--dataset must be one of {sorted(TOY_SETS)}, digits or npz:<path>, got {name!r}."
+        )
+    x, y = np.asarray(x), None if y is None else np.asarray(y)
+    parts = _split(jax.random.key(0), x, y, config.num_heldout)
+    num_classes = None if y is None else int(y.max()) + 1
+    return Dataset(*parts, num_classes, levels)
+
+
+# ----------------------------------------------------------------------------- process, model
+
+
+def make_process(config: Config):
+    """The forward process the model is trained with: an SDE or a DDPM schedule."""
+    if config.process == "vp":
+        return dj.VPSDE(config.beta_min, config.beta_max)
+    if config.process == "subvp":
+        return dj.SubVPSDE(config.beta_min, config.beta_max)
+    if config.process == "ve":
+        return dj.VESDE(config.sigma_min, config.sigma_max)
+    if config.process == "linear":
+        return dj.schedules.linear(config.num_timesteps, config.beta_start, config.beta_end)
+    return dj.schedules.cosine(config.num_timesteps)
+
+
+def check_config(config: Config, dataset: Dataset) -> None:
+    """Combinations the library cannot train, reported before anything is compiled."""
+    if config.loss == "dsm" and config.process not in SDES:
+        raise UsageError(f"--loss dsm needs an SDE ({', '.join(SDES)}), got {config.process}.")
+    if config.loss == "ddpm" and config.process not in SCHEDULES:
+        raise UsageError(
+            f"--loss ddpm needs a schedule ({', '.join(SCHEDULES)}), got {config.process}."
+        )
+    if config.loss == "ddpm" and config.weighting != "simple":
+        raise UsageError("--weighting applies to --loss dsm only; the ddpm loss is unweighted.")
+    if config.model == "mlp" and dataset.is_image:
+        raise UsageError(f"--model mlp is for vectors; use --model unet for {config.dataset}.")
+    if config.model == "unet" and not dataset.is_image:
+        raise UsageError(f"--model unet is for images; use --model mlp for {config.dataset}.")
+    if config.conditional and dataset.num_classes is None:
+        raise UsageError(f"--conditional needs labels; {config.dataset} has none.")
+    if config.batch_size > dataset.x_train.shape[0]:
+        raise UsageError(
+            f"--batch_size {config.batch_size} exceeds the {dataset.x_train.shape[0]} "
+            "training examples."
+        )
+    for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(config, name)}.")
+    if not 0 <= config.ema_decay < 1 or not 0 <= config.label_dropout <= 1:
+        raise UsageError("--ema_decay must lie in [0, 1) and --label_dropout in [0, 1].")
+
+
+def make_network(config: Config, dataset: Dataset, process):
+    """`(apply, params)` of the network (`diffjax.nets`), initialised from `seed`."""
+    time_scale = config.time_scale or (
+        1000.0 / process.T if isinstance(process, dj.sde.AbstractSDE) else 1.0
+    )
+    num_classes = dataset.num_classes if config.conditional else None
+    rngs = nnx.Rngs(config.seed)
+    common = dict(
+        time_embedding=config.time_embedding,
+        time_scale=time_scale,
+        num_classes=num_classes,
+        rngs=rngs,
+    )
+    try:
+        if config.model == "mlp":
+            (dim,) = dataset.event_shape
+            net = nets.MLP(dim, hidden=config.hidden, embed_dim=config.embed_dim, **common)
+        else:
+            net = nets.UNet(
+                dataset.event_shape[-1],
+                channels=config.channels,
+                channel_mults=config.channel_mults,
+                num_res_blocks=config.num_res_blocks,
+                attention_levels=config.attention_levels,
+                **common,
+            )
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"invalid model options: {err}") from err
+    return nets.split(net)
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """Warm-up then constant learning rate; Adam or AdamW; optional global-norm clipping."""
+    lr = optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1))
+    if config.optimizer == "adam":
+        opt = optax.adam(lr)
+    else:
+        opt = optax.adamw(lr, weight_decay=config.weight_decay)
+    if config.grad_clip > 0:
+        opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), opt)
+    return opt
+
+
+def make_loss_fn(config: Config, dataset: Dataset, apply, process):
+    """`loss_fn(params, batch, key) -> (loss, metrics)` for `training.make_train_step`.
+
+    `batch` is `x` or `(x, y)` for conditional models; labels are replaced by the null label
+    (`num_classes`) with probability `label_dropout` (classifier-free guidance). Image data is
+    dequantised with uniform noise one grey level wide, centred on the level.
+    """
+    null = dataset.num_classes
+    step = None if dataset.levels is None else 2.0 / (dataset.levels - 1)
+
+    def loss_fn(params, batch, key):
+        k_loss, k_drop, k_deq = jax.random.split(key, 3)
+        x, y = batch if config.conditional else (batch, None)
+        if step is not None and config.dequantize:
+            x = x + step * (jax.random.uniform(k_deq, x.shape, x.dtype) - 0.5)
+        if y is not None:
+            y = guidance.drop_labels(k_drop, y, config.label_dropout, null)
+        if config.loss == "ddpm":
+            return losses.ddpm(
+                params, apply, k_loss, x, process, labels=y, prediction=config.prediction
+            )
+        return losses.dsm(
+            params,
+            apply,
+            k_loss,
+            x,
+            process,
+            labels=y,
+            prediction=config.prediction,
+            weighting=config.weighting,
+            t_eps=config.train_t_eps,
+        )
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config: data, network, optimiser, process and its views."""
+
+    config: Config
+    dataset: Dataset
+    apply: Any
+    init_params: Any
+    optimizer: Any
+    process: Any
+    sde: Any  # continuous view (AbstractSDE) or None
+    schedule: Any  # discrete view (DiscreteSchedule) or None
+
+    @property
+    def ema_decay(self) -> float | None:
+        return self.config.ema_decay or None
+
+    def initial_state(self) -> training.TrainState:
+        return training.create_train_state(
+            self.init_params, self.optimizer, ema_decay=self.ema_decay
+        )
+
+    def raw_fn(self, params, label=None, weight: float = 0.0):
+        """`fn(x, t_native) -> network output`; conditional models get `label` (an int, `[B]`
+        labels, or `None` for the null label) with classifier-free guidance weight `weight`."""
+        if not self.config.conditional:
+            return lambda x, t: self.apply(params, x, t)
+        null = self.dataset.num_classes
+        cond = lambda x, t, y: self.apply(params, x, t, y)
+        if label is None:
+            return lambda x, t: cond(x, t, jnp.full(x.shape[:1], null, jnp.int32))
+        return guidance.classifier_free(cond, label, null, weight)
+
+    def eps_continuous(self, params, label=None, weight: float = 0.0):
+        """`eps(x, t)` with float `t` in `[0, T]` of `self.sde` (see the module docstring)."""
+        raw = self.raw_fn(params, label, weight)
+        if isinstance(self.process, dj.schedules.DiscreteSchedule):
+            n = self.config.num_timesteps / self.sde.T
+            fn = lambda x, t: raw(x, t * n)
+        else:
+            fn = raw
+        return forward.convert(fn, self.sde, source=self.config.prediction, target="eps")
+
+    def score_continuous(self, params, label=None, weight: float = 0.0):
+        return forward.score_from_eps(self.eps_continuous(params, label, weight), self.sde)
+
+    def eps_discrete(self, params, label=None, weight: float = 0.0):
+        """`eps(x, i)` with integer `i` in `1..N` of `self.schedule`."""
+        raw = self.raw_fn(params, label, weight)
+        if isinstance(self.process, dj.sde.AbstractSDE):
+            dt = self.process.T / self.schedule.num_steps
+            fn = lambda x, i: raw(x, i * dt)
+        else:
+            fn = raw
+        return forward.convert(fn, self.schedule, source=self.config.prediction, target="eps")
+
+
+def build(config: Config) -> Run:
+    """Data, network, optimiser and process of `config` (no training, no checkpoint);
+    `UsageError` for combinations that cannot be trained."""
+    dataset = load_data(config)
+    check_config(config, dataset)
+    process = make_process(config)
+    apply, params = make_network(config, dataset, process)
+    sde = schedule = None
+    if isinstance(process, dj.sde.AbstractSDE):
+        sde = process
+        if isinstance(process, dj.VPSDE):
+            schedule = process.to_ddpm(config.num_timesteps)
+    else:
+        schedule = process
+        if config.process == "linear":
+            sde = dj.VPSDE.from_ddpm(config.num_timesteps, config.beta_start, config.beta_end)
+    return Run(config, dataset, apply, params, make_optimizer(config), process, sde, schedule)
+
+
+def read_config(workdir: str) -> Config:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise UsageError(f"no {CONFIG_FILE} in {workdir!r}: is it a training run directory?")
+    with open(path) as f:
+        return config_from_json(f.read(), path)
+
+
+def restore(run: Run, workdir: str, like=None, step: int | None = None) -> training.TrainState:
+    """The latest (or `step`) checkpoint of `workdir`, shaped like `like` (default: a fresh
+    state); a clear `UsageError` when there is none or it does not match the config."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise UsageError(f"no checkpoints in {workdir!r} (expected {directory}).")
+    like = run.initial_state() if like is None else like
+    try:
+        with training.Checkpointer(directory, create=False) as ckpt:
+            return ckpt.restore(like, step)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err).splitlines()[0]) from err
+
+
+def eval_params(run: Run, state: training.TrainState, use_ema: bool = True):
+    r"""The parameters to evaluate: the bias-corrected EMA (or the raw parameters).
+
+    The EMA starts at the initial parameters `p_0`: after `n` updates with decay `d`,
+    `ema_n = d^n p_0 + (1 - d) sum_k d^(n-k) p_k`. Its initial-value bias is removed exactly,
+    `(ema_n - d^n p_0) / (1 - d^n)` (the normalised average of the trained `p_k`); `p_0` is
+    re-created from the seed. Without this a short run (`n` not >> `1 / (1 - d)`) would be
+    evaluated mostly at its random initialisation.
+    """
+    n = int(state.step)
+    if not use_ema or state.ema_params is None or n == 0:
+        return state.params
+    bias = run.config.ema_decay**n
+    return jax.tree.map(
+        lambda ema, p0: (ema - bias * p0) / (1.0 - bias), state.ema_params, run.init_params
+    )
+
+
+def load_run(workdir: str, use_ema: bool = True) -> tuple[Run, Any, int]:
+    """`(run, params, step)` of a trained run: the bias-corrected EMA parameters when present
+    and `use_ema` (`eval_params`)."""
+    if not workdir:
+        raise UsageError("--workdir is required.")
+    config = read_config(workdir)
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+        raise UsageError(f"no checkpoints in {workdir!r}: train first (scripts/train.py).")
+    run = build(config)
+    state = restore(run, workdir)
+    return run, eval_params(run, state, use_ema), int(state.step)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+DEFAULT_STEPS = {"ddpm": 0, "ddim": 50, "reverse_sde": 500, "pc": 250, "ode": 0, "dpm_solver": 20}
+"""Default step counts; 0 means all `T` steps (ddpm) or adaptive steps (ode)."""
+
+
+def check_sampler(run: Run, sampler: str) -> None:
+    discrete = sampler in ("ddpm", "ddim")
+    if discrete and run.schedule is None:
+        raise UsageError(
+            f"sampler {sampler} needs a discrete schedule: use a vp, linear or cosine model."
+        )
+    if not discrete and run.sde is None:
+        raise UsageError(f"sampler {sampler} needs an SDE: cosine-schedule models use ddpm/ddim.")
+    if sampler == "dpm_solver" and not isinstance(run.sde, dj.VPSDE):
+        raise UsageError("sampler dpm_solver needs a VP model (vp or linear).")
+
+
+def labels_for(run: Run, label: str, num: int):
+    """Labels for sampling: `None` (null label / unconditional), or an int array `[num]`."""
+    if not run.config.conditional or label == "none":
+        return None
+    classes = run.dataset.num_classes
+    if label == "all":
+        return jnp.arange(num, dtype=jnp.int32) % classes
+    try:
+        value = int(label)
+    except ValueError:
+        raise UsageError(f"--label must be 'all', 'none' or a class, got {label!r}.") from None
+    if not 0 <= value < classes:
+        raise UsageError(f"--label must lie in 0..{classes - 1}, got {value}.")
+    return jnp.full((num,), value, jnp.int32)
+
+
+def sample(
+    run: Run,
+    params,
+    sampler: str,
+    key,
+    num: int,
+    *,
+    num_steps: int = 0,
+    labels=None,
+    weight: float = 0.0,
+    t_eps: float = 1e-3,
+    trajectory_times=None,
+):
+    """`(samples [num, *event], info)` from one compiled call of a `diffjax.samplers` sampler.
+
+    `info` holds the sampler's `nfe` and `time` (seconds, compilation excluded);
+    `trajectory_times` also returns `info["trajectory"]` (see `diffjax.samplers`).
+    """
+    check_sampler(run, sampler)
+    shape = (num, *run.dataset.event_shape)
+    steps = num_steps or DEFAULT_STEPS[sampler]
+    save = None if trajectory_times is None else np.asarray(trajectory_times)
+
+    # Labels are an argument (not a closure constant): the compiled call can be reused and
+    # guidance's label checks see a tracer.
+    @jax.jit
+    def draw(params, key, labels):
+        if sampler in ("ddpm", "ddim"):
+            eps = run.eps_discrete(params, labels, weight)
+            if sampler == "ddpm":
+                return samplers.ddpm(key, eps, run.schedule, shape, save_times=save)
+            return samplers.ddim(key, eps, run.schedule, shape, num_steps=steps, save_times=save)
+        if sampler == "dpm_solver":
+            eps = run.eps_continuous(params, labels, weight)
+            return samplers.dpm_solver(
+                key, eps, run.sde, shape, num_steps=steps, t_eps=t_eps, save_times=save
+            )
+        score = run.score_continuous(params, labels, weight)
+        if sampler == "reverse_sde":
+            return samplers.reverse_sde(
+                key, score, run.sde, shape, num_steps=steps, t_eps=t_eps, save_times=save
+            )
+        if sampler == "pc":
+            return samplers.predictor_corrector(
+                key, score, run.sde, shape, num_steps=steps, t_eps=t_eps, save_times=save
+            )
+        return samplers.ode(
+            key,
+            score,
+            run.sde,
+            shape,
+            num_steps=steps or None,
+            rtol=1e-3,
+            atol=1e-3,
+            t_eps=t_eps,
+            save_times=save,
+        )
+
+    compiled = draw.lower(params, key, labels).compile()
+    start = time.perf_counter()
+    x, info = jax.block_until_ready(compiled(params, key, labels))
+    info = {**jax.tree.map(np.asarray, info), "time": time.perf_counter() - start}
+    return np.asarray(x), info
+
+
+# ----------------------------------------------------------------------------- likelihoods
+
+
+def nll(run: Run, params, x, key, *, batch: int = 500) -> dict[str, float]:
+    """Held-out negative log-likelihood through the PF-ODE (`likelihood.log_prob`).
+
+    2-D data: exact divergence, mean NLL in nats. Images: Hutchinson divergence (one
+    Rademacher probe) on uniformly dequantised data, reported in bits per dimension
+    (`likelihood.bits_per_dim` with the data's grey levels and interval).
+    """
+    ds = run.dataset
+
+    @jax.jit
+    def logp(params, x, key):
+        # The marginal p(x): conditional models are evaluated with the null label.
+        kwargs = dict(divergence="exact") if not ds.is_image else dict(key=key, num_probes=1)
+        lp, info = likelihood.log_prob(
+            run.score_continuous(params, None), run.sde, x, rtol=1e-4, atol=1e-4, **kwargs
+        )
+        return lp, info["nfe"]
+
+    values, nfes = [], []
+    start_time = time.perf_counter()
+    for i, start in enumerate(range(0, x.shape[0], batch)):
+        xb = jnp.asarray(x[start : start + batch])
+        k_deq, k_probe = jax.random.split(jax.random.fold_in(key, i))
+        if ds.is_image:
+            ints = jnp.round((xb + 1.0) * (ds.levels - 1) / 2.0)
+            xb = likelihood.dequantize(
+                k_deq, ints, data_range=ds.levels, data_interval=ds.data_interval
+            )
+        lp, nfe = logp(params, xb, k_probe)
+        values.append(np.asarray(lp))
+        nfes.append(int(nfe))
+    lp = np.concatenate(values)
+    out = {"nfe": float(np.mean(nfes)), "time": time.perf_counter() - start_time}
+    if ds.is_image:
+        bpd = likelihood.bits_per_dim(
+            lp, ds.event_shape, data_range=ds.levels, data_interval=ds.data_interval
+        )
+        out["bpd"] = float(np.mean(bpd))
+        out["bpd_se"] = float(np.std(bpd) / math.sqrt(bpd.size))
+    else:
+        out["nll"] = float(-lp.mean())
+        out["nll_se"] = float(lp.std() / math.sqrt(lp.size))
+    return out
+
+
+def ddpm_bound(run: Run, params, x, key, *, batch: int = 128) -> dict[str, float]:
+    """The DDPM variational bound (`losses.ddpm_vlb`) on the discrete view of the model.
+
+    2-D: nats per point. Images: the bound on dequantised data, in bits per dimension of the
+    integer data (the same conversion as the PF-ODE number).
+    """
+    ds = run.dataset
+    dim = math.prod(ds.event_shape)
+
+    @jax.jit
+    def bound(params, x, key):
+        return losses.ddpm_vlb(run.eps_discrete(params, None), run.schedule, key, x)
+
+    nats = []
+    for i, start in enumerate(range(0, x.shape[0], batch)):
+        xb = jnp.asarray(x[start : start + batch])
+        k_deq, k_vlb = jax.random.split(jax.random.fold_in(key, i))
+        if ds.is_image:
+            ints = jnp.round((xb + 1.0) * (ds.levels - 1) / 2.0)
+            xb = likelihood.dequantize(
+                k_deq, ints, data_range=ds.levels, data_interval=ds.data_interval
+            )
+        nats.append(np.asarray(bound(params, xb, k_vlb)) * dim * math.log(2.0))
+    nats = np.concatenate(nats)
+    if ds.is_image:
+        bpd = likelihood.bits_per_dim(
+            -nats, ds.event_shape, data_range=ds.levels, data_interval=ds.data_interval
+        )
+        return {"bpd": float(np.mean(bpd)), "bpd_se": float(np.std(bpd) / math.sqrt(bpd.size))}
+    return {"nll": float(nats.mean()), "nll_se": float(nats.std() / math.sqrt(nats.size))}
+
+
+def write_json(path: str, values: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
