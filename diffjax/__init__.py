@@ -22,6 +22,7 @@ from diffjax import (
 )
 from diffjax.distributions import GaussianMixture, exact_eps, exact_score, gaussian
 from diffjax.forward import q_posterior, q_sample
+from diffjax.guidance import classifier_free, classifier_guidance, inpainting_projection
 from diffjax.schedules import DiscreteSchedule
 from diffjax.sde import VESDE, VPSDE, SubVPSDE
 
@@ -33,6 +34,8 @@ __all__ = [
     "DiscreteSchedule",
     "GaussianMixture",
     "SubVPSDE",
+    "classifier_free",
+    "classifier_guidance",
     "data",
     "distributions",
     "exact_eps",
@@ -41,6 +44,7 @@ __all__ = [
     "forward",
     "gaussian",
     "guidance",
+    "inpainting_projection",
     "langevin",
     "likelihood",
     "losses",

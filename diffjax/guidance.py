@@ -2,7 +2,11 @@
 
 Bayes' rule for the noised marginals gives the conditional score
 `grad log p_t(x | y) = grad log p_t(x) + grad_x log p_t(y | x)`; guidance scales the second term.
-Each function here returns a new model function, so every sampler takes a guided model unchanged.
+Each factory here returns a new model function `fn(x, t)` of the same form as the one it wraps
+(score or eps), so every sampler takes a guided model unchanged. The returned functions are
+`equinox.Module`s: the labels, the scale and the known data are array leaves, so under
+`eqx.filter_jit` (which the samplers use) changing them does not recompile; the wrapped
+functions are static (a new function is a new program).
 
 Shapes: `x: [B, *event]`, `t: [B]`, labels `y`: an integer scalar or `[B]`.
 """
@@ -11,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._core import (
@@ -20,6 +26,7 @@ from diffjax._core import (
     as_float_array,
     check_key,
     expand_to,
+    is_concrete,
 )
 
 __all__ = [
@@ -31,167 +38,327 @@ __all__ = [
 ]
 
 
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_callable(fn, name: str) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
+    return fn
+
+
+def _check_process(process) -> AbstractForwardProcess:
+    if not isinstance(process, AbstractForwardProcess):
+        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+    return process
+
+
 def _check_labels(y: ArrayLike, name: str = "y") -> Array:
+    """Integer labels, a scalar or `[B]`, non-negative when concrete."""
+    if isinstance(y, bool) or not isinstance(y, (int, np.integer, np.ndarray, jax.Array)):
+        raise TypeError(f"`{name}` must be integer class labels (an int or an array), got {y!r}.")
     y = jnp.asarray(y)
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise TypeError(f"`{name}` must hold integer class labels, got dtype {y.dtype}.")
     if y.ndim > 1:
-        raise ValueError(f"`{name}` must be a scalar or have shape [B], got {y.shape}.")
+        raise ValueError(f"`{name}` must be a scalar or have shape [B], got shape {y.shape}.")
+    if is_concrete(y) and y.size and int(np.min(np.asarray(y))) < 0:
+        raise ValueError(
+            f"`{name}` must be non-negative class labels, got {np.min(np.asarray(y))}."
+        )
     return y
 
 
-def _check_scale(scale, name: str) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"`{name}` must be a float, got {type(scale).__name__}.")
-    if scale < 0:
-        raise ValueError(f"`{name}` must be non-negative, got {scale}.")
-    return float(scale)
+def _check_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
+    if value < 0:
+        raise ValueError(f"`{name}` must be non-negative, got {value}.")
+    return int(value)
+
+
+def _check_scale(scale, name: str) -> Array:
+    """A finite real scalar `>= 0` (Python, NumPy or a concrete 0-d array) as a float array."""
+    if isinstance(scale, bool) or not isinstance(
+        scale, (int, float, np.integer, np.floating, np.ndarray, jax.Array)
+    ):
+        raise TypeError(f"`{name}` must be a real scalar, got {type(scale).__name__}.")
+    arr = jnp.asarray(scale)
+    if arr.ndim != 0 or jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(f"`{name}` must be a real scalar, got {arr.dtype}{list(arr.shape)}.")
+    if is_concrete(arr) and not (np.isfinite(float(arr)) and float(arr) >= 0.0):
+        raise ValueError(f"`{name}` must be finite and non-negative, got {float(arr)}.")
+    return arr.astype(jnp.result_type(float))
 
 
 def _labels_for(y: Array, x: Array) -> Array:
+    """Labels `[B]` for a batch `x: [B, *event]` (a scalar label is broadcast)."""
     if y.ndim == 1 and y.shape[0] != x.shape[0]:
-        raise ValueError(f"`y` must have shape [B] = [{x.shape[0]}], got {y.shape}.")
+        raise ValueError(f"`y` must be a scalar or have shape [B] = [{x.shape[0]}], got {y.shape}.")
     return jnp.broadcast_to(y, x.shape[:1])
 
 
-def _classifier_grad(log_prob_fn: Callable, x: Array, t: Array, y: Array) -> Array:
-    """`grad_x log p_t(y | x)` per example; `log_prob_fn(x, t) -> [B, C]` (log-probs or logits)."""
+def _max_label(y: Array) -> int | None:
+    """The largest label when `y` holds values now (outside `jit`), else None."""
+    return int(np.max(np.asarray(y))) if is_concrete(y) and y.size else None
+
+
+def _classifier_grad(
+    log_prob_fn: Callable, x: Array, t: Array, y: Array, y_max: int | None
+) -> Array:
+    """`grad_x log p_t(y | x)` per example: `[B, *event]`.
+
+    `log_prob_fn(x, t) -> [B, C]` returns logits or log-probabilities (`log_softmax` is applied,
+    which leaves normalised log-probabilities unchanged). The examples are independent, so the
+    gradient of the summed log-probabilities is the per-example gradient.
+    """
 
     def total(x_):
         logits = log_prob_fn(x_, t)
-        if logits.ndim != 2 or logits.shape[0] != x_.shape[0]:
+        if getattr(logits, "ndim", None) != 2 or logits.shape[0] != x_.shape[0]:
             raise ValueError(
-                f"the classifier must return [B, num_classes] = [{x_.shape[0]}, C], got {logits.shape}."
+                f"`log_prob_fn` must return [B, num_classes] = [{x_.shape[0]}, C], "
+                f"got {getattr(logits, 'shape', type(logits).__name__)}."
+            )
+        if y_max is not None and y_max >= logits.shape[1]:
+            raise ValueError(
+                f"`y` must be a class of the classifier, in 0..{logits.shape[1] - 1}; got {y_max}."
             )
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         return jnp.sum(jnp.take_along_axis(log_probs, y[:, None], axis=-1))
 
-    # The examples are independent, so the gradient of the sum is the per-example gradient.
     return jax.grad(total)(x)
+
+
+class _ModelFunction(eqx.Module):
+    """A model function as a pytree. Hashed and compared by identity, like a closure, so that
+    `jax.jit(fn)` also works (its arrays are then compile-time constants)."""
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+
+# ----------------------------------------------------------------------------- classifier guidance
+
+
+class _ClassifierGuidance(_ModelFunction):
+    """`s(x, t) + scale grad_x log p_t(y | x)` (score form) or `eps - scale std(t) grad` (eps form)."""
+
+    model_fn: Callable
+    log_prob_fn: Callable
+    y: Array
+    scale: Array
+    process: AbstractForwardProcess | None  # given for the eps form
+
+    def __call__(self, x, t):
+        x = as_float_array(x, "x")
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        y = _labels_for(self.y, x)
+        grad = _classifier_grad(self.log_prob_fn, x, t, y, _max_label(self.y))
+        out = self.model_fn(x, t)
+        if self.process is None:
+            return out + self.scale * grad
+        std = expand_to(self.process.marginal(t)[1], x)
+        return out - self.scale * std * grad
 
 
 def classifier_guidance(
     score_fn: Callable, log_prob_fn: Callable, y: ArrayLike, scale: float = 1.0
 ) -> Callable:
-    """Score of `p_t(x) p_t(y | x)^scale`: `s(x, t) + scale * grad_x log p_t(y | x)`.
+    r"""Score of `p_t(x) p_t(y | x)^scale`: `s(x, t) + scale grad_x log p_t(y | x)`.
 
-    Dhariwal & Nichol 2021 (arXiv:2105.05233). `scale = 1` is the exact conditional score when
-    the classifier is exact; `scale = 0` is unconditional; larger scales sharpen.
+    Notes, topic 6: $\nabla \log p_t(x \mid y) = \nabla \log p_t(x) + \nabla_x \log p_t(y \mid x)$
+    (Bayes' rule; Song et al. 2021, arXiv:2011.13456, eq. 14; Dhariwal & Nichol 2021,
+    arXiv:2105.05233). `scale = 1` is the exact conditional score when both the score and the
+    classifier are exact; `scale = 0` is unconditional; larger scales sample from
+    `p_t(x) p_t(y | x)^scale`, concentrated on confidently classified points.
 
     Args:
         score_fn: `fn(x, t) -> [B, *event]`, the unconditional score.
-        log_prob_fn: `fn(x, t) -> [B, C]`, a noise-conditional classifier (logits or log-probs).
-        y: integer labels, scalar or `[B]`.
+        log_prob_fn: `fn(x, t) -> [B, C]`, a noise-conditional classifier (logits or
+            log-probabilities of `p_t(y | x_t)`) called with the same `t` as `score_fn`.
+        y: integer labels in `0..C-1`, a scalar or `[B]`.
         scale: guidance scale `>= 0`.
+
+    Returns:
+        `guided(x, t) -> [B, *event]`, a score function for `reverse_sde`,
+        `predictor_corrector`, `ode`, the Langevin samplers and the likelihood.
+
+    Raises:
+        TypeError: a non-callable function, non-integer labels or a non-scalar scale.
+        ValueError: labels of rank > 1 or negative, a negative or non-finite scale; at the first
+            call (which the samplers make before compiling), labels that do not match the batch
+            or the classifier's number of classes.
     """
-    y = _check_labels(y)
-    scale = _check_scale(scale, "scale")
-    for name, fn in (("score_fn", score_fn), ("log_prob_fn", log_prob_fn)):
-        if not callable(fn):
-            raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
-
-    def guided(x, t):
-        x = as_float_array(x, "x")
-        t = jnp.broadcast_to(t, x.shape[:1])
-        return score_fn(x, t) + scale * _classifier_grad(log_prob_fn, x, t, _labels_for(y, x))
-
-    return guided
+    return _ClassifierGuidance(
+        _check_callable(score_fn, "score_fn"),
+        _check_callable(log_prob_fn, "log_prob_fn"),
+        _check_labels(y),
+        _check_scale(scale, "scale"),
+        None,
+    )
 
 
 def classifier_guidance_eps(
     eps_fn: Callable, log_prob_fn: Callable, y: ArrayLike, process, scale: float = 1.0
 ) -> Callable:
-    """Eps form of classifier guidance for DDPM/DDIM/DPM-Solver: `eps - scale * std(t) grad log p(y|x_t)`.
+    r"""Classifier guidance for an eps model: `eps(x, t) - scale std(t) grad_x log p_t(y | x)`.
 
-    Since `score = -eps / std(t)`, this is `classifier_guidance` written for an eps model
-    (Dhariwal & Nichol 2021, Algorithm 2).
+    Since `s = -eps / std(t)`, this is `classifier_guidance` written for the eps samplers (`ddpm`,
+    `ddim` with a schedule and integer `t`; `dpm_solver` with a `VPSDE` and float `t`); Dhariwal &
+    Nichol 2021 (arXiv:2105.05233), Algorithm 2. `process` must be the one the sampler uses, so
+    that `std(t)` matches `t`.
+
+    Args:
+        eps_fn: `fn(x, t) -> [B, *event]`, the unconditional noise prediction.
+        log_prob_fn: `fn(x, t) -> [B, C]` logits or log-probabilities, same `t` as `eps_fn`.
+        y: integer labels, a scalar or `[B]`.
+        process: the `DiscreteSchedule` or `AbstractSDE` that defines `std(t)`.
+        scale: guidance scale `>= 0`.
+
+    Returns:
+        `guided(x, t) -> [B, *event]`, an eps function.
     """
-    y = _check_labels(y)
-    scale = _check_scale(scale, "scale")
-    if not isinstance(process, AbstractForwardProcess):
-        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+    return _ClassifierGuidance(
+        _check_callable(eps_fn, "eps_fn"),
+        _check_callable(log_prob_fn, "log_prob_fn"),
+        _check_labels(y),
+        _check_scale(scale, "scale"),
+        _check_process(process),
+    )
 
-    def guided(x, t):
+
+# ----------------------------------------------------------------------------- classifier-free
+
+
+class _ClassifierFree(_ModelFunction):
+    eps_fn: Callable
+    y: Array
+    null_label: int = eqx.field(static=True)
+    weight: Array
+
+    def __call__(self, x, t):
         x = as_float_array(x, "x")
-        t = jnp.broadcast_to(process.check_time(t), x.shape[:1])
-        std = expand_to(process.marginal(t)[1], x)
-        grad = _classifier_grad(log_prob_fn, x, t, _labels_for(y, x))
-        return eps_fn(x, t) - scale * std * grad
-
-    return guided
+        b = x.shape[0]
+        labels = _labels_for(self.y, x)
+        t = jnp.broadcast_to(jnp.asarray(t), (b,))
+        both = self.eps_fn(
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            jnp.concatenate([labels, jnp.full_like(labels, self.null_label)]),
+        )
+        cond, uncond = both[:b], both[b:]
+        return cond + self.weight * (cond - uncond)
 
 
 def classifier_free(
     eps_fn: Callable, y: ArrayLike, null_label: int, weight: float = 1.0
 ) -> Callable:
-    """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598).
+    r"""Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6).
 
-    `eps~(x, t) = (1 + w) eps(x, t, y) - w eps(x, t, null)`; with `w = 0` the conditional model.
-    Both branches go through the network in one call on a `[2B, ...]` batch.
+    `eps~(x, t) = (1 + w) eps(x, t, y) - w eps(x, t, null)`: with `w = 0` the conditional model.
+    In score form, `s~ = s(x | y) + w (s(x | y) - s(x))` is the score of
+    `p_t(x | y) p_t(y | x)^w` with the implicit classifier `p_t(y | x) ∝ p_t(x | y) / p_t(x)`, so
+    `w` here is classifier guidance's `scale - 1`. Both branches go through the network in ONE
+    call on the `[2B, ...]` batch `[x, x]` with labels `[y, null]`. The same formula serves
+    score, eps, x0 or v models (all affine in eps at fixed `(x_t, t)`).
 
     Args:
-        eps_fn: `fn(x, t, y) -> [B, *event]`, a model trained with label dropout to `null_label`.
-        y: integer labels, scalar or `[B]`.
-        null_label: the label meaning "no condition".
-        weight: guidance weight `w >= 0`. The same formula serves score or x0 models.
+        eps_fn: `fn(x, t, y) -> [B, *event]`, a model trained with label dropout to
+            `null_label` (`losses.dsm(..., label_dropout=p, null_label=...)`).
+        y: integer labels, a scalar or `[B]`.
+        null_label: the label meaning "no condition" (`num_classes` for `diffjax.nets`).
+        weight: guidance weight `w >= 0`.
+
+    Returns:
+        `guided(x, t) -> [B, *event]`.
     """
-    y = _check_labels(y)
-    weight = _check_scale(weight, "weight")
-    if isinstance(null_label, bool) or not isinstance(null_label, int):
-        raise TypeError(f"`null_label` must be an int, got {type(null_label).__name__}.")
-
-    def guided(x, t):
-        x = as_float_array(x, "x")
-        b = x.shape[0]
-        labels = _labels_for(y, x)
-        both = eps_fn(
-            jnp.concatenate([x, x]),
-            jnp.concatenate([jnp.broadcast_to(t, (b,))] * 2),
-            jnp.concatenate([labels, jnp.full_like(labels, null_label)]),
-        )
-        cond, uncond = both[:b], both[b:]
-        return (1.0 + weight) * cond - weight * uncond
-
-    return guided
+    return _ClassifierFree(
+        _check_callable(eps_fn, "eps_fn"),
+        _check_labels(y),
+        _check_int(null_label, "null_label"),
+        _check_scale(weight, "weight"),
+    )
 
 
 def drop_labels(key, labels: ArrayLike, p: float, null_label: int) -> Array:
-    """Replace each label by `null_label` with probability `p` (label dropout for classifier-free training)."""
+    """Replace each label by `null_label` with probability `p` (label dropout, Ho & Salimans 2022).
+
+    Training a conditional model on the dropped labels teaches it both `eps(x, t, y)` and the
+    unconditional `eps(x, t, null)` for `classifier_free`. Returns labels of `labels`' shape
+    and dtype.
+    """
     key = check_key(key)
     labels = _check_labels(labels, "labels")
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`p` must be a float, got {type(p).__name__}.")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"`p` must lie in [0, 1], got {p}.")
-    return jnp.where(jax.random.bernoulli(key, p, labels.shape), null_label, labels)
+    null_label = _check_int(null_label, "null_label")
+    drop = jax.random.bernoulli(key, p, labels.shape)
+    return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
+# ----------------------------------------------------------------------------- inpainting
+
+
+class _Replacement(_ModelFunction):
+    process: AbstractForwardProcess
+    x_known: Array
+    mask: Array
+
+    def __call__(self, key, x, t):
+        x = as_float_array(x, "x")
+        try:
+            shape = jnp.broadcast_shapes(self.mask.shape, self.x_known.shape, x.shape)
+        except ValueError as err:
+            raise ValueError(
+                f"`x_known` {self.x_known.shape} and `mask` {self.mask.shape} must broadcast "
+                f"against the sampled batch {x.shape}."
+            ) from err
+        if shape != x.shape:
+            raise ValueError(
+                f"`x_known` {self.x_known.shape} and `mask` {self.mask.shape} broadcast to "
+                f"{shape}, larger than the sampled batch {x.shape}."
+            )
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        a, s = self.process.marginal(t)
+        eps = jax.random.normal(key, x.shape, x.dtype)
+        known = expand_to(a, x) * self.x_known + expand_to(s, x) * eps
+        return jnp.where(self.mask, known, x)
 
 
 def inpainting_projection(process, x_known: ArrayLike, mask: ArrayLike) -> Callable:
-    """Replacement for imputation: put the forward-noised known values back after each step.
+    """Replacement for imputation: put forward-noised known values back after each step.
 
-    Returns `project(key, x, t) -> x` with `x[mask] = mean_coeff(t) x_known + std(t) eps` and the
-    unknown entries untouched (Song et al. 2021, arXiv:2011.13456, App. I.2). At `t = 0` the
-    known values are restored exactly. The samplers take it as their `projection=` argument.
+    Returns `project(key, x, t) -> x` with, where `mask` is true,
+    `x = mean_coeff(t) x_known + std(t) eps` (a fresh draw of `q(x_t | x_0 = x_known)`) and the
+    unknown entries untouched (the "replacement" method, Song et al. 2021, arXiv:2011.13456,
+    App. I.2). At `t = 0` (`mean_coeff = 1`, `std = 0`) the known values are restored exactly.
+    Pass it as `projection=` to `samplers.ddpm`, `ddim`, `reverse_sde` or `predictor_corrector`.
+
+    Replacement is approximate: the unknown entries follow the joint score at the noisy known
+    values, not the score of `p_t(x_unknown | x_known)`; they are exact when the unknown entries
+    are independent of the known ones.
 
     Args:
-        x_known: `[B, *event]` (or `[*event]`, shared by the batch) values where `mask` is true.
-        mask: boolean, broadcastable to `x_known`; true where the value is known.
+        process: the schedule or SDE of the sampler.
+        x_known: `[B, *event]`, or any shape that broadcasts against the batch (`[*event]` is
+            shared by the batch); the values where `mask` is true (others are ignored).
+        mask: boolean, broadcastable against `x_known` and the batch; true where known.
     """
-    if not isinstance(process, AbstractForwardProcess):
-        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+    process = _check_process(process)
     x_known = as_float_array(x_known, "x_known")
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_:
-        raise TypeError(f"`mask` must be boolean, got dtype {mask.dtype}.")
+        raise TypeError(f"`mask` must be a boolean array, got dtype {mask.dtype}.")
     try:
         jnp.broadcast_shapes(mask.shape, x_known.shape)
     except ValueError as err:
         raise ValueError(
             f"`mask` of shape {mask.shape} does not broadcast against `x_known` {x_known.shape}."
         ) from err
-
-    def project(key, x, t):
-        t = jnp.broadcast_to(t, x.shape[:1])
-        a, s = process.marginal(t)
-        known = expand_to(a, x) * x_known + expand_to(s, x) * jax.random.normal(key, x.shape)
-        return jnp.where(mask, known, x)
-
-    return project
+    return _Replacement(process, x_known, mask)

@@ -40,6 +40,7 @@ from diffjax.forward import (
     q_posterior,
     q_sample,
 )
+from diffjax.guidance import drop_labels
 from diffjax.schedules import DiscreteSchedule
 from diffjax.sde import AbstractSDE
 
@@ -84,6 +85,24 @@ def _check_labels(labels, batch: int, name: str = "labels") -> Array | None:
             f"`{name}` must have a leading batch axis of size {batch}, got {labels.shape}."
         )
     return labels
+
+
+def _dropout_labels(key, labels, label_dropout, null_label) -> tuple[Array, Array | None]:
+    """Classifier-free training: `labels` with each replaced by `null_label` w.p. `label_dropout`.
+
+    Returns `(key, labels)`; with `label_dropout = 0` both are returned unchanged (the loss draws
+    the same times and noise as without the option), else the dropout key is split off `key`.
+    """
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)):
+        raise TypeError(f"`label_dropout` must be a float, got {type(label_dropout).__name__}.")
+    if not 0.0 <= label_dropout <= 1.0:
+        raise ValueError(f"`label_dropout` must lie in [0, 1], got {label_dropout}.")
+    if label_dropout == 0.0:
+        return key, labels
+    if labels is None or null_label is None:
+        raise ValueError("`label_dropout` > 0 needs `labels` and the `null_label` to drop to.")
+    key, drop_key = jax.random.split(key)
+    return key, drop_labels(drop_key, labels, float(label_dropout), null_label)
 
 
 def _check_fn(fn, name: str) -> Callable:
@@ -177,6 +196,8 @@ def dsm(
     weighting: str = "simple",
     t_eps: float = 1e-5,
     labels: ArrayLike | None = None,
+    label_dropout: float = 0.0,
+    null_label: int | None = None,
     importance_sampling: bool = False,
     snr_gamma: float = 5.0,
     reduce_mean: bool = True,
@@ -214,6 +235,11 @@ def dsm(
         sde: an `AbstractSDE`.
         prediction: what the network outputs, one of `forward.PREDICTIONS`.
         weighting: one of `WEIGHTINGS`.
+        labels: optional `[B]` integer labels for a class-conditional network.
+        label_dropout, null_label: for classifier-free guidance (Ho & Salimans 2022), each
+            label is replaced by `null_label` with probability `label_dropout`
+            (`guidance.drop_labels`, drawn from `key`), so one network learns both
+            `eps(x, t, y)` and `eps(x, t, null)`.
 
     Returns:
         `(loss, {"loss", "eps_mse"})`; `eps_mse` is the unweighted mean square eps error per
@@ -232,6 +258,7 @@ def dsm(
     if not snr_gamma > 0:
         raise ValueError(f"`snr_gamma` must be positive, got {snr_gamma}.")
     labels = _check_labels(labels, x0.shape[0])
+    key, labels = _dropout_labels(key, labels, label_dropout, null_label)
 
     batch = x0.shape[0]
     t_key, eps_key = jax.random.split(key)
@@ -277,6 +304,8 @@ def ddpm(
     schedule: DiscreteSchedule,
     *,
     labels: ArrayLike | None = None,
+    label_dropout: float = 0.0,
+    null_label: int | None = None,
     prediction: str = "eps",
     reduce_mean: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
@@ -287,8 +316,8 @@ def ddpm(
     (`prediction="eps"`: Ho et al. 2020's L_simple; `"x0"`: the notes' `||x_0 - x_theta||^2`)
     over the batch (per example summed over the event, or averaged with `reduce_mean`).
 
-    `apply_fn(params, x_t, t[, labels])` with integer `t: [B]`. Returns `(loss, {"loss",
-    "eps_mse"})`.
+    `apply_fn(params, x_t, t[, labels])` with integer `t: [B]`; `label_dropout`, `null_label`
+    as in `dsm` (classifier-free training). Returns `(loss, {"loss", "eps_mse"})`.
     """
     _check_fn(apply_fn, "apply_fn")
     key = check_key(key)
@@ -297,6 +326,7 @@ def ddpm(
         raise TypeError(f"`schedule` must be a DiscreteSchedule, got {type(schedule).__name__}.")
     _check_choice(prediction, PREDICTIONS, "prediction")
     labels = _check_labels(labels, x0.shape[0])
+    key, labels = _dropout_labels(key, labels, label_dropout, null_label)
 
     t_key, eps_key = jax.random.split(key)
     t = jax.random.randint(t_key, (x0.shape[0],), 1, schedule.num_steps + 1)

@@ -16,6 +16,11 @@ decreasing). `reverse_sde` and `ode` save exactly at the requested times (the SD
 the `lax.scan` samplers save the state at the first grid time at or below each requested time,
 and `info["times"]` reports that grid time.
 
+Imputation: `ddpm`, `ddim`, `reverse_sde` and `predictor_corrector` take `projection=`, a function
+`projection(key, x, t) -> x` applied to the initial state and after every step at the step's new
+time (e.g. `guidance.inpainting_projection`, the replacement method of Song et al. 2021,
+arXiv:2011.13456, App. I.2); the SDE samplers also apply it at `t = 0` after denoising.
+
 Model conventions: discrete schedules call `eps_fn(x, t)` with integer `t: [B]` in `1..T`; SDE
 samplers call `score_fn(x, t)` / `eps_fn(x, t)` with float `t: [B]` in `[t_eps, T]`.
 """
@@ -168,6 +173,33 @@ def _check_solver(solver, name: str = "solver") -> None:
     _evals_per_step(solver)
 
 
+def _check_projection(projection, key, shape: tuple[int, ...], t_dtype) -> None:
+    """`projection(key, x, t) -> x` must be callable and keep the state's shape (checked abstractly)."""
+    if projection is None:
+        return
+    if not callable(projection):
+        raise TypeError(
+            f"`projection` must be callable as projection(key, x, t), got {type(projection).__name__}."
+        )
+    x = jax.ShapeDtypeStruct(shape, _FLOAT)
+    try:
+        out = jax.eval_shape(projection, key, x, jax.ShapeDtypeStruct((), t_dtype))
+    except Exception as err:  # the projection's own error, re-raised naming the argument
+        raise ValueError(
+            f"`projection` could not be evaluated on x of shape {shape}: {type(err).__name__}: {err}"
+        ) from err
+    if getattr(out, "shape", None) != shape:
+        raise ValueError(
+            f"`projection` must return an array of the state's shape {shape}, got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+
+
+def _project(projection, key, x: Array, t) -> Array:
+    """`projection(key, x, t)`, or `x` when there is none."""
+    return x if projection is None else projection(key, x, t)
+
+
 def _levy_area(solver):
     """The cheapest Brownian increment type the solver accepts."""
     minimal = getattr(solver, "minimal_levy_area", dfx.BrownianIncrement)
@@ -186,6 +218,7 @@ def ddpm(
     *,
     variance: str = "beta_tilde",
     save_times: ArrayLike | None = None,
+    projection: Callable | None = None,
 ):
     """DDPM ancestral sampling (Ho et al. 2020, arXiv:2006.11239; notes, topic 2, generation).
 
@@ -201,6 +234,9 @@ def ddpm(
         shape: `[B, *event]`.
         variance: `"beta_tilde"` or `"beta"`.
         save_times: optional integer steps in `0..T` to save (see the module docstring).
+        projection: optional `projection(key, x, t) -> x` applied to the initial state (at
+            `T`) and after every step (at the new step `t - 1`), e.g.
+            `guidance.inpainting_projection` (see the module docstring).
 
     Returns:
         `(x0 [B, *event], info)`, `info["nfe"] = T`.
@@ -212,15 +248,17 @@ def ddpm(
     T = schedule.num_steps
     save_times = _check_save_times(save_times, 0, T, integer=True)
     _check_model(eps_fn, "eps_fn", shape, jnp.int32)
-    x, saved = _ddpm(key, eps_fn, schedule, shape, variance, save_times)
+    _check_projection(projection, key, shape, jnp.int32)
+    x, saved = _ddpm(key, eps_fn, schedule, shape, variance, save_times, projection)
     return x, _with_trajectory({"nfe": T}, saved)
 
 
 @eqx.filter_jit
-def _ddpm(key, eps_fn, schedule, shape, variance, save_times):
+def _ddpm(key, eps_fn, schedule, shape, variance, save_times, projection):
     T = schedule.num_steps
     prior_key, key = jax.random.split(key)
     x = jax.random.normal(prior_key, shape, _FLOAT)
+    x = _project(projection, jax.random.fold_in(prior_key, 1), x, T)
     steps = jnp.arange(T, 0, -1)
     if variance == "beta_tilde":
         sigmas = jnp.sqrt(schedule.posterior_variance)
@@ -235,7 +273,8 @@ def _ddpm(key, eps_fn, schedule, shape, variance, save_times):
         x0 = (x - jnp.sqrt(1.0 - ab) * eps) / jnp.sqrt(ab)
         mean = schedule.posterior_mean_coef_x0[t] * x0 + schedule.posterior_mean_coef_xt[t] * x
         z = jax.random.normal(k, shape, x.dtype)
-        return (mean + jnp.where(t > 1, sigmas[t], 0.0) * z,)
+        x = mean + jnp.where(t > 1, sigmas[t], 0.0) * z
+        return (_project(projection, jax.random.fold_in(k, 1), x, t - 1),)
 
     grid = jnp.arange(T, -1, -1)
     (x,), saved = _scan(step, (x,), (steps, jax.random.split(key, T)), grid, save_times)
@@ -270,6 +309,7 @@ def ddim(
     eta: float = 0.0,
     spacing: str = "uniform",
     save_times: ArrayLike | None = None,
+    projection: Callable | None = None,
 ):
     """DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12) on a sub-sequence of steps.
 
@@ -288,6 +328,9 @@ def ddim(
         spacing: `"uniform"` (`tau_i = (i-1) floor(T/N) + 1`), `"quadratic"` or `"trailing"`
             (`tau_N = T`).
         save_times: optional integer steps in `0..T` (see the module docstring).
+        projection: optional `projection(key, x, t) -> x` applied to the initial state (at
+            the first step `tau_N`) and after every step (at the new step `s`; the last is
+            `s = 0`, which restores known values exactly).
 
     Returns:
         `(x0 [B, *event], info)`, `info["nfe"] = num_steps`.
@@ -306,15 +349,17 @@ def ddim(
     taus = _ddim_steps(T, num_steps, spacing)
     save_times = _check_save_times(save_times, 0, T, integer=True)
     _check_model(eps_fn, "eps_fn", shape, jnp.int32)
+    _check_projection(projection, key, shape, jnp.int32)
     grid = np.concatenate([taus[::-1], [0]])
-    x, saved = _ddim(key, eps_fn, schedule, shape, jnp.asarray(grid), eta, save_times)
+    x, saved = _ddim(key, eps_fn, schedule, shape, jnp.asarray(grid), eta, save_times, projection)
     return x, _with_trajectory({"nfe": num_steps}, saved)
 
 
 @eqx.filter_jit
-def _ddim(key, eps_fn, schedule, shape, grid, eta, save_times):
+def _ddim(key, eps_fn, schedule, shape, grid, eta, save_times, projection):
     prior_key, key = jax.random.split(key)
     x = jax.random.normal(prior_key, shape, _FLOAT)
+    x = _project(projection, jax.random.fold_in(prior_key, 1), x, grid[0])
     num = grid.shape[0] - 1
 
     def step(carry, inputs):
@@ -326,7 +371,8 @@ def _ddim(key, eps_fn, schedule, shape, grid, eta, save_times):
         sigma = eta * jnp.sqrt((1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s))
         z = jax.random.normal(k, shape, x.dtype)
         dir_coef = jnp.sqrt(jnp.maximum(1.0 - ab_s - sigma**2, 0.0))
-        return (jnp.sqrt(ab_s) * x0 + dir_coef * eps + sigma * z,)
+        x = jnp.sqrt(ab_s) * x0 + dir_coef * eps + sigma * z
+        return (_project(projection, jax.random.fold_in(k, 1), x, s),)
 
     xs = (grid[:-1], grid[1:], jax.random.split(key, num))
     (x,), saved = _scan(step, (x,), xs, grid, save_times)
@@ -348,6 +394,7 @@ def reverse_sde(
     atol: float = 1e-3,
     max_steps: int = 16384,
     save_times: ArrayLike | None = None,
+    projection: Callable | None = None,
 ):
     """The reverse-time SDE `dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) dW`, from `T` to `t_eps`.
 
@@ -375,6 +422,12 @@ def reverse_sde(
         adaptive, rtol, atol, max_steps: adaptive stepping.
         save_times: optional times in `[t_eps, T]` at which `info["trajectory"]` holds the
             (not denoised) state, exactly (the solver steps to them).
+        projection: optional `projection(key, x, t) -> x` (fixed steps only), e.g.
+            `guidance.inpainting_projection`: applied to `x_T`, after every solver step (at the
+            step's end time) and, at `t = 0`, after the denoising step. The fixed-step solve then
+            runs as one `lax.scan` of single `solver.step`s on the same grid and Brownian path
+            (a projection that changes nothing gives the plain solve's samples); FSAL solvers
+            re-evaluate their first stage after each projection.
 
     Returns:
         `(x0 [B, *event], info)` with `info["nfe"]` (a scalar array: steps times drift
@@ -401,6 +454,9 @@ def reverse_sde(
             )
     save_times = _check_save_times(save_times, t_eps, sde.T)
     _check_model(score_fn, "score_fn", shape, _FLOAT)
+    if projection is not None and adaptive:
+        raise ValueError("`projection` needs fixed steps: pass `adaptive=False`.")
+    _check_projection(projection, key, shape, _FLOAT)
     if adaptive:
         controller = dfx.PIDController(
             rtol=rtol,
@@ -415,15 +471,20 @@ def reverse_sde(
         controller = dfx.StepTo(ts=jnp.asarray(sde.T - grid, _FLOAT))
         max_steps = grid.size - 1
     x, saved, steps = _reverse_sde(
-        key, score_fn, sde, shape, solver, controller, t_eps, adaptive, max_steps, save_times
-    )
+        key, score_fn, sde, shape, solver, controller, t_eps, adaptive, max_steps, save_times,
+        projection,
+    )  # fmt: skip
     init_evals, per_step = _evals_per_step(solver)
+    if projection is not None:  # FSAL: the first stage is re-evaluated after every projection
+        per_step = init_evals + per_step
     info = {"nfe": init_evals + per_step * steps + 1, "num_steps": steps}
     return x, _with_trajectory(info, saved)
 
 
 @eqx.filter_jit
-def _reverse_sde(key, score_fn, sde, shape, solver, controller, t_eps, adaptive, max_steps, save):
+def _reverse_sde(
+    key, score_fn, sde, shape, solver, controller, t_eps, adaptive, max_steps, save, projection
+):
     # Integrated forward in the reversed time `tau = T - t` on `[0, T - t_eps]`:
     # `dx = -[f - g^2 s](x, T - tau) dtau + g(T - tau) dW_tau`. (diffrax's stochastic Runge-Kutta
     # solvers take `h = t1 - t0` in the sign-flipped frame of a `t0 > t1` solve, which flips
@@ -447,6 +508,9 @@ def _reverse_sde(key, score_fn, sde, shape, solver, controller, t_eps, adaptive,
         return lx.DiagonalLinearOperator(jnp.broadcast_to(sde.diffusion(sde.T - tau), y.shape))
 
     terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, bm))
+    if projection is not None:
+        taus = controller.ts
+        return _projected_sde(key, score_fn, sde, x, solver, terms, taus, t_eps, projection, save)
     saveat = dfx.SaveAt(t1=True)
     if save is not None:
         saveat = dfx.SaveAt(t1=True, ts=jnp.asarray(sde.T - save, _FLOAT))
@@ -467,6 +531,31 @@ def _reverse_sde(key, score_fn, sde, shape, solver, controller, t_eps, adaptive,
     return x, saved, sol.stats["num_steps"]
 
 
+def _projected_sde(key, score_fn, sde, x, solver, terms, taus, t_eps, projection, save):
+    """The fixed-step solve of `_reverse_sde` as one `lax.scan` of `solver.step` on the grid
+    `taus` (in `tau = T - t`), with `x = projection(key_i, x, T - tau_{i+1})` after each step.
+
+    `made_jump=True` tells FSAL solvers that the state moved, so they re-evaluate the drift;
+    `UnsafeBrownianPath` draws its increments from the step's end points, as in `diffeqsolve`.
+    """
+    num = taus.shape[0] - 1
+    keys = jax.random.split(jax.random.fold_in(key, 1), num + 2)
+    x = projection(keys[0], x, sde.T - taus[0])
+    solver_state = solver.init(terms, taus[0], taus[1], x, None)
+
+    def step(carry, inputs):
+        x, solver_state = carry
+        tau0, tau1, k = inputs
+        x, _, _, solver_state, _ = solver.step(terms, tau0, tau1, x, None, solver_state, True)
+        return projection(k, x, sde.T - tau1), solver_state
+
+    xs = (taus[:-1], taus[1:], keys[1:-1])
+    (x, _), saved = _scan(step, (x, solver_state), xs, sde.T - taus, save)
+    x = _denoise(score_fn, sde, x, t_eps)
+    x = projection(keys[-1], x, jnp.zeros((), x.dtype))
+    return x, saved, jnp.asarray(num)
+
+
 # ---------------------------------------------------------------- predictor-corrector
 def predictor_corrector(
     key,
@@ -481,6 +570,7 @@ def predictor_corrector(
     norm: str = "batch",
     t_eps: float = 1e-3,
     save_times: ArrayLike | None = None,
+    projection: Callable | None = None,
 ):
     """Predictor-corrector sampling (Song et al. 2021, arXiv:2011.13456, Algorithm 1, PC).
 
@@ -495,6 +585,11 @@ def predictor_corrector(
     `G^2 = std(t_i)^2 - A^2 std(t_{i-1})^2` the exact one-step forward transition:
     `"reverse_diffusion"`: `x <- (2 - A) x + G^2 s(x, t_i) + G z` (Song et al.'s reverse
     diffusion predictor); `"euler_maruyama"`: `x <- x - [f - g^2 s] dt + g sqrt(dt) z`.
+
+    With `projection(key, x, t) -> x` (e.g. `guidance.inpainting_projection`), the state is
+    projected at `T` before the first step, after each predictor and after each step's
+    correctors (at the new time `t_{i-1}`), and at `t = 0` after the denoising step, as in
+    Song et al.'s PC inpainter.
 
     Returns:
         `(x0 [B, *event], info)`, `info["nfe"] = num_steps (1 + corrector_steps) + 1`.
@@ -513,10 +608,11 @@ def predictor_corrector(
     t_eps = _check_t_eps(t_eps, sde)
     save_times = _check_save_times(save_times, t_eps, sde.T)
     _check_model(score_fn, "score_fn", shape, _FLOAT)
+    _check_projection(projection, key, shape, _FLOAT)
     grid = np.linspace(sde.T, t_eps, num_steps + 1)
     x, saved = _predictor_corrector(
         key, score_fn, sde, shape, jnp.asarray(grid, _FLOAT), int(corrector_steps), snr,
-        predictor, norm, save_times,
+        predictor, norm, save_times, projection,
     )  # fmt: skip
     nfe = num_steps * (1 + int(corrector_steps)) + 1
     return x, _with_trajectory({"nfe": nfe}, saved)
@@ -524,10 +620,11 @@ def predictor_corrector(
 
 @eqx.filter_jit
 def _predictor_corrector(
-    key, score_fn, sde, shape, grid, corrector_steps, snr, predictor, norm, save_times
+    key, score_fn, sde, shape, grid, corrector_steps, snr, predictor, norm, save_times, projection
 ):
     prior_key, key = jax.random.split(key)
     x = sde.prior_sample(prior_key, shape)
+    x = _project(projection, jax.random.fold_in(prior_key, 1), x, grid[0])
     batch = shape[:1]
 
     def step(carry, inputs):
@@ -545,18 +642,21 @@ def _predictor_corrector(
             dt = t - s
             drift = sde.reverse_drift(score_fn, x, jnp.full(batch, t))
             x = x - drift * dt + sde.diffusion(t) * jnp.sqrt(dt) * z
+        x = _project(projection, jax.random.fold_in(k, 1), x, s)
 
         def correct(x, ck):
             return langevin_corrector(ck, score_fn, x, s, snr=snr, alpha=A**2, norm=norm), None
 
         if corrector_steps:
             x = jax.lax.scan(correct, x, jax.random.split(corr_key, corrector_steps))[0]
+            x = _project(projection, jax.random.fold_in(k, 2), x, s)
         return (x,)
 
     num = grid.shape[0] - 1
     xs = (grid[:-1], grid[1:], jax.random.split(key, num))
     (x,), saved = _scan(step, (x,), xs, grid, save_times)
-    return _denoise(score_fn, sde, x, grid[-1]), saved
+    x = _denoise(score_fn, sde, x, grid[-1])
+    return _project(projection, jax.random.fold_in(key, 1), x, jnp.zeros((), x.dtype)), saved
 
 
 # ---------------------------------------------------------------- probability-flow ODE
