@@ -101,6 +101,21 @@ def standard_normal_log_prob(z: Array, std: ArrayLike = 1.0) -> Array:
     return -0.5 * sum_event((z / std) ** 2) - dim * (jnp.log(std) + 0.5 * LOG_2PI)
 
 
+class ModelFunction(eqx.Module):
+    """A model function `fn(x, t, ...)` as a pytree: its arrays are leaves, so a compiled sampler
+    taking it is reused when only those arrays change (a guidance weight, a process' parameters).
+
+    Hashed and compared by identity, like a closure, so that `jax.jit(fn)` also works (its
+    arrays are then compile-time constants).
+    """
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+
 class AbstractForwardProcess(eqx.Module):
     """A forward noising process with Gaussian marginals `x_t = mean_coeff(t) x_0 + std(t) eps`.
 

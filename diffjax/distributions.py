@@ -22,6 +22,7 @@ from jaxtyping import Array, ArrayLike
 from diffjax._core import (
     LOG_2PI,
     AbstractForwardProcess,
+    ModelFunction,
     as_float_array,
     check_batch_time,
     check_key,
@@ -198,10 +199,15 @@ def exact_score(dist: GaussianMixture, process) -> Callable:
     if not isinstance(process, AbstractForwardProcess):
         raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
 
-    def score_fn(x, t):
-        return dist.score(x, process, t)
+    return _ExactScore(dist, process)
 
-    return score_fn
+
+class _ExactScore(ModelFunction):
+    dist: GaussianMixture
+    process: AbstractForwardProcess
+
+    def __call__(self, x, t):
+        return self.dist.score(x, self.process, t)
 
 
 def exact_eps(dist: GaussianMixture, process) -> Callable:
@@ -227,10 +233,15 @@ def exact_classifier(dist: GaussianMixture, process, classes: ArrayLike) -> Call
     if classes.min() < 0:
         raise ValueError("`classes` must be non-negative.")
     onehot = jnp.asarray(classes[None, :] == np.arange(classes.max() + 1)[:, None])  # [C, K]
+    return _ExactClassifier(dist, process, onehot)
 
-    def log_prob_fn(x, t):
-        log_post = dist.component_log_posterior(x, process, t)  # [B, K]
-        masked = jnp.where(onehot[None], log_post[:, None, :], -jnp.inf)  # [B, C, K]
+
+class _ExactClassifier(ModelFunction):
+    dist: GaussianMixture
+    process: AbstractForwardProcess
+    onehot: Array  # [C, K], component k has class c
+
+    def __call__(self, x, t):
+        log_post = self.dist.component_log_posterior(x, self.process, t)  # [B, K]
+        masked = jnp.where(self.onehot[None], log_post[:, None, :], -jnp.inf)  # [B, C, K]
         return jax.nn.logsumexp(masked, axis=-1)
-
-    return log_prob_fn

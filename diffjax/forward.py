@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 from jaxtyping import Array, ArrayLike
 
 from diffjax._core import (
     AbstractForwardProcess,
+    ModelFunction,
     as_float_array,
     check_batch_time,
     concrete,
@@ -146,14 +148,22 @@ def convert(model_fn: Callable, process, *, source: str, target: str) -> Callabl
         raise TypeError(f"`model_fn` must be callable, got {type(model_fn).__name__}.")
     if source == target:
         return model_fn
+    return _Converted(model_fn, process, source, target)
 
-    def converted(x, t, *args, **kwargs):
+
+class _Converted(ModelFunction):
+    """`model_fn`'s `source` prediction re-expressed as a `target` prediction."""
+
+    model_fn: Callable
+    process: AbstractForwardProcess
+    source: str = eqx.field(static=True)
+    target: str = eqx.field(static=True)
+
+    def __call__(self, x, t, *args, **kwargs):
         x = as_float_array(x, "x")
-        a, s = _coefficients(process, x, t)
-        eps = eps_from_prediction(source, model_fn(x, t, *args, **kwargs), x, a, s)
-        return prediction_from_eps(target, eps, x, a, s)
-
-    return converted
+        a, s = _coefficients(self.process, x, t)
+        eps = eps_from_prediction(self.source, self.model_fn(x, t, *args, **kwargs), x, a, s)
+        return prediction_from_eps(self.target, eps, x, a, s)
 
 
 def score_from_eps(eps_fn: Callable, process) -> Callable:

@@ -23,6 +23,7 @@ from jaxtyping import Array, ArrayLike
 
 from diffjax._core import (
     AbstractForwardProcess,
+    ModelFunction,
     as_float_array,
     check_key,
     expand_to,
@@ -130,21 +131,10 @@ def _classifier_grad(
     return jax.grad(total)(x)
 
 
-class _ModelFunction(eqx.Module):
-    """A model function as a pytree. Hashed and compared by identity, like a closure, so that
-    `jax.jit(fn)` also works (its arrays are then compile-time constants)."""
-
-    def __hash__(self):
-        return id(self)
-
-    def __eq__(self, other):
-        return self is other
-
-
 # ----------------------------------------------------------------------------- classifier guidance
 
 
-class _ClassifierGuidance(_ModelFunction):
+class _ClassifierGuidance(ModelFunction):
     """`s(x, t) + scale grad_x log p_t(y | x)` (score form) or `eps - scale std(t) grad` (eps form)."""
 
     model_fn: Callable
@@ -234,7 +224,7 @@ def classifier_guidance_eps(
 # ----------------------------------------------------------------------------- classifier-free
 
 
-class _ClassifierFree(_ModelFunction):
+class _ClassifierFree(ModelFunction):
     eps_fn: Callable
     y: Array
     null_label: int = eqx.field(static=True)
@@ -305,7 +295,7 @@ def drop_labels(key, labels: ArrayLike, p: float, null_label: int) -> Array:
 # ----------------------------------------------------------------------------- inpainting
 
 
-class _Replacement(_ModelFunction):
+class _Replacement(ModelFunction):
     process: AbstractForwardProcess
     x_known: Array
     mask: Array

@@ -1,0 +1,164 @@
+"""Overhead of each sampler and of `likelihood.log_prob` over the network floor.
+
+The network is a fixed `nets.MLP(2, hidden=(256, 256, 256))` on a `[batch, 2]` state. The floor
+is the same network evaluated `info["nfe"]` times in one jitted `lax.scan`, the state carried
+through it (`x <- x + 1e-3 net(x, t)`) so nothing can be hoisted; for `log_prob` the floor
+evaluates the same vector field as the solver does (network, `jax.linearize` and the exact
+divergence from `D` JVPs). Each sampler is timed as a user calls it (`samplers.ddim(key, ...)`,
+argument checks included) and wrapped in one `jax.jit` (checks at trace time only), back to back
+with its floor.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.tree_util import Partial
+
+from benchmarks.config import Config
+from benchmarks.timing import compare, ms, table
+from diffjax import likelihood, nets, samplers, schedules
+from diffjax.data import eight_gaussians
+from diffjax.sde import VPSDE
+
+TARGET = 1.15
+
+
+def mlp(seed: int = 0):
+    """`(apply, params)` of the benchmark network, `MLP(2, hidden=(256, 256, 256))`."""
+    return nets.split(nets.MLP(2, hidden=(256, 256, 256), rngs=nnx.Rngs(seed)))
+
+
+def _exact_divergence(f, x):
+    """`(f(x), tr(df/dx))` per example, from `D` JVPs of the linearised `f`."""
+    fx, jvp = jax.linearize(f, x)
+    eye = jnp.eye(x.shape[1], dtype=x.dtype)
+    div = sum(jvp(jnp.broadcast_to(e, x.shape))[:, i] for i, e in enumerate(eye))
+    return fx, div
+
+
+def floors(apply):
+    """Jitted floors `(params, x, nfe) -> x` for plain evaluations and for the NLL vector field."""
+
+    @partial(jax.jit, static_argnames="nfe")
+    def network(params, x, nfe):
+        def body(x, t):
+            return x + 1e-3 * apply(params, x, jnp.full(x.shape[:1], t)), None
+
+        return jax.lax.scan(body, x, jnp.linspace(1.0, 1e-3, nfe))[0]
+
+    @partial(jax.jit, static_argnames="nfe")
+    def vector_field(params, x, nfe):
+        def body(carry, t):
+            x, delta = carry
+            dx, div = _exact_divergence(lambda y: apply(params, y, jnp.full(y.shape[:1], t)), x)
+            return (x + 1e-3 * dx, delta + 1e-3 * div), None
+
+        carry = (x, jnp.zeros(x.shape[:1], x.dtype))
+        return jax.lax.scan(body, carry, jnp.linspace(1e-5, 1.0, nfe))[0]
+
+    return network, vector_field
+
+
+def sampler_cases(cfg: Config) -> dict:
+    """name -> `fn(key, model) -> (samples, info)` with about `cfg.nfe` evaluations."""
+    shape = (cfg.batch, 2)
+    n, half = cfg.nfe, (cfg.nfe - 1) // 2
+    sde, schedule = VPSDE(), schedules.linear(1000)
+    short = schedules.linear(n)
+    return {
+        f"ddpm (T={n} schedule)": lambda k, m: samplers.ddpm(k, m, short, shape),
+        f"ddim ({n} steps)": lambda k, m: samplers.ddim(k, m, schedule, shape, num_steps=n),
+        f"reverse_sde (Euler, {n - 1} steps)": lambda k, m: samplers.reverse_sde(
+            k, m, sde, shape, num_steps=n - 1
+        ),
+        f"predictor_corrector ({half} steps, 1 corrector)": lambda k, m: (
+            samplers.predictor_corrector(k, m, sde, shape, num_steps=half)
+        ),
+        f"ode (Heun, {half} steps)": lambda k, m: samplers.ode(k, m, sde, shape, num_steps=half),
+        f"dpm_solver (2M, {n - 1} steps)": lambda k, m: samplers.dpm_solver(
+            k, m, sde, shape, num_steps=n - 1, order=2
+        ),
+        f"dpm_solver (3M, {n - 1} steps)": lambda k, m: samplers.dpm_solver(
+            k, m, sde, shape, num_steps=n - 1, order=3
+        ),
+    }
+
+
+def _row(name, nfe, timings, first, compile_rows):
+    """A table row; `first` is the duration of the first (compiling) public call, or None when
+    the public call compiles every time (then the jitted call's first run gives the compile)."""
+    fl, public, jitted = (timings[k][0] for k in ("floor", "public", "jit"))
+    compile_s = jitted.compile if first is None else max(first - public.median, 0.0)
+    compile_rows.append((name, compile_s))
+    r_pub, r_jit = public.median / fl.median, jitted.median / fl.median
+    flag = "" if r_pub <= TARGET else " **>1.15**"
+    return [
+        name, nfe, ms(fl.median), ms(public.median), ms(jitted.median),
+        f"{r_pub:.3f}{flag}", f"{r_jit:.3f}", f"{public.spread:.0%}",
+    ]  # fmt: skip
+
+
+def run(cfg: Config, compile_rows: list) -> str:
+    apply, params = mlp()
+    model = Partial(apply, params)
+    network_floor, vf_floor = floors(apply)
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.key(1), (cfg.batch, 2))
+    rows = []
+    for name, case in sampler_cases(cfg).items():
+        print(f"  overhead: {name}", flush=True)
+        start = time.perf_counter()
+        nfe = int(case(key, model)[1]["nfe"])  # the first call: trace, compile, run
+        first = time.perf_counter() - start
+        jitted = jax.jit(lambda k, p, case=case: case(k, Partial(apply, p))[0])
+        timings = compare(
+            {
+                "floor": lambda nfe=nfe: network_floor(params, x, nfe),
+                "public": lambda case=case: case(key, model)[0],
+                "jit": lambda jitted=jitted: jitted(key, params),
+            },
+            cfg.repeats,
+        )
+        rows.append(_row(name, nfe, timings, first, compile_rows))
+
+    print("  overhead: log_prob", flush=True)
+    data = eight_gaussians(jax.random.key(2), cfg.batch)
+    nll = lambda d, m: likelihood.log_prob(m, VPSDE(), d, divergence="exact")
+    nfe = int(nll(data, model)[1]["nfe"])
+    jitted = jax.jit(lambda d, p: nll(d, Partial(apply, p))[0])
+    timings = compare(
+        {
+            "floor": lambda: vf_floor(params, data, nfe),
+            "public": lambda: nll(data, model)[0],
+            "jit": lambda: jitted(data, params),
+        },
+        cfg.repeats,
+    )
+    rows.append(_row("likelihood.log_prob (exact div., Tsit5)", nfe, timings, None, compile_rows))
+
+    header = [
+        "entry point", "NFE", "floor", "public call", "inside jit", "public / floor",
+        "jit / floor", "spread",
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            "## 1. Overhead over the network floor",
+            "",
+            f"`MLP(2, hidden=(256, 256, 256))`, batch {cfg.batch}, 2-D, medians of "
+            f"{cfg.repeats} runs measured back to back (floor, public call, jitted call) in "
+            "one process. Floor: the same network evaluated NFE times in one jitted "
+            "`lax.scan` with the state carried through it; for `log_prob`, the same vector "
+            "field (network + `jax.linearize` + 2 JVPs for the exact divergence) NFE times. "
+            "Public call: the sampler called as a user does (argument checks, "
+            "`jax.eval_shape` of the model, dispatch); inside jit: the whole call wrapped in "
+            f"`jax.jit`. Target: <= {TARGET}x. Spread: (max - min) / median of the public "
+            "call's runs.",
+            "",
+            table(header, rows),
+        ]
+    )

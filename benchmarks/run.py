@@ -1,0 +1,126 @@
+"""Entry point of `make bench`: run the benchmark groups and write `benchmarks/RESULTS.md`.
+
+    python -m benchmarks.run [--quick] [--only overhead,peers,quality,likelihood] [--out PATH]
+
+`--quick` uses tiny sizes to check the code paths (its numbers mean nothing). The peer
+comparisons need the `bench` extra (torch 2.13.0 CPU, diffusers); without it they are skipped
+with a note. Groups run in one process, one after another; every ratio is measured back to back
+within a group.
+"""
+
+from __future__ import annotations
+
+import os
+
+# torch's OpenMP threads spin while waiting by default; on a shared, loaded machine that made 2
+# threads 4x slower than 1. Set before torch (imported by the peer groups) loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import datetime
+import importlib
+import importlib.metadata
+import platform
+import time
+
+from benchmarks import config, gpu
+from benchmarks.timing import table
+
+GROUPS = ("overhead", "peers", "quality", "likelihood")  # modules of `benchmarks`, run in order
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(load_before, load_after, elapsed: float, cfg) -> str:
+    import jax
+
+    packages = ["jax", "jaxlib", "flax", "diffrax", "equinox", "optax", "numpy", "scipy"]
+    packages += ["torch", "diffusers"]
+    rows = [
+        ["date", datetime.datetime.now().isoformat(timespec="minutes")],
+        ["CPU", f"{_cpu_model()}, {os.cpu_count()} logical cores"],
+        ["JAX backend / devices", f"{jax.default_backend()} / {jax.devices()}"],
+        ["Python", platform.python_version()],
+        ["versions", ", ".join(f"{p} {_version(p)}" for p in packages)],
+        ["load average (1, 5, 15 min) before", ", ".join(f"{v:.2f}" for v in load_before)],
+        ["load average (1, 5, 15 min) after", ", ".join(f"{v:.2f}" for v in load_after)],
+        ["settings", f"repeats {cfg.repeats}, batch {cfg.batch}, quick={cfg.quick}"],
+        ["total wall time", f"{elapsed / 60:.1f} min"],
+    ]
+    loaded = max(load_before[1], load_after[1]) > 0.5 * (os.cpu_count() or 1)
+    note = (
+        "**The machine was shared and loaded while this ran** (5-minute load average above half "
+        "the cores, before or after): absolute times are inflated and noisier than on an idle "
+        "machine; the ratios are measured back to back in one process and are the numbers to "
+        "read."
+        if loaded
+        else "The machine was idle (5-minute load average below half the cores)."
+    )
+    return "\n".join(["## Machine", "", table(["", ""], rows), "", note])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, checks code paths")
+    parser.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups")
+    parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"))
+    args = parser.parse_args()
+    cfg = config.quick() if args.quick else config.full()
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown groups {sorted(unknown)}; choose from {list(GROUPS)}")
+
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    sections, compile_rows = [], []
+    for name in groups:
+        print(f"[{name}]", flush=True)
+        t0 = time.perf_counter()
+        module = importlib.import_module(f"benchmarks.{name}")
+        sections.append(module.run(cfg, compile_rows))
+        print(f"[{name}] {time.perf_counter() - t0:.0f} s", flush=True)
+    elapsed = time.perf_counter() - start
+    load_after = os.getloadavg()
+
+    compile_table = table(
+        ["entry point", "compile (first call - steady median)"],
+        [[name, f"{sec:.2f} s"] for name, sec in compile_rows],
+    )
+    text = "\n\n".join(
+        [
+            "# diffjax benchmarks",
+            "Written by `make bench` (`python -m benchmarks.run`); not part of `make test`. "
+            "Every time is a median of steady-state runs after a warm-up call; every ratio "
+            "compares runs interleaved in the same process.",
+            machine(load_before, load_after, elapsed, cfg),
+            *sections,
+            "## 5a. Compile time of each jitted entry point\n\n"
+            "First call (trace + compile + run) minus the steady-state median, same process "
+            "and load as the tables above.\n\n" + compile_table,
+            gpu.SECTION,
+        ]
+    )
+    with open(args.out, "w") as f:
+        f.write(text + "\n")
+    print(f"wrote {args.out} ({elapsed / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

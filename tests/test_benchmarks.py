@@ -1,0 +1,46 @@
+"""Smoke tests of the benchmark code (`benchmarks/`): its references and its timing harness.
+
+No timing is asserted; `make bench` runs the benchmarks themselves.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.likelihood import scipy_log_prob
+from benchmarks.quality import mode_std_error
+from benchmarks.timing import compare
+from diffjax.data import eight_gaussians_params
+from diffjax.distributions import GaussianMixture, exact_score
+from diffjax.sde import VPSDE
+
+
+def test_mode_std_error_of_true_and_widened_samples():
+    weights, means, stds = eight_gaussians_params()
+    key = jax.random.key(0)
+    exact = GaussianMixture(weights, means, stds).sample(key, 4000)
+    wide = GaussianMixture(weights, means, 2.0 * stds).sample(key, 4000)
+    # ~500 samples per mode: the relative sd of a std estimate is about 1/sqrt(2*1000) = 2.2%.
+    assert mode_std_error(exact, means) < 0.06
+    assert abs(mode_std_error(wide, means) - 1.0) < 0.1
+
+
+def test_scipy_reference_nll_matches_the_exact_density():
+    """The host RK45 reference integrates the PF-ODE to `log p_0` up to the prior gap."""
+    dist = GaussianMixture(*eight_gaussians_params())
+    sde = VPSDE()
+    x = dist.sample(jax.random.key(1), 32)
+    logp, nfe = scipy_log_prob(exact_score(dist, sde), sde)(x)
+    # N(0, I) vs the exact p_T: means shrink to mean_coeff(T) * 2 = 0.013, a gap of ~1e-2 nats.
+    np.testing.assert_allclose(logp, np.asarray(dist.log_prob(x)), atol=0.05)
+    assert nfe > 0
+
+
+def test_compare_interleaves_after_one_warm_up_each():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name) or jnp.ones(())) for name in "ab"}
+    out = compare(fns, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert all(len(t.runs) == 3 and t.first > 0 and float(r) == 1.0 for t, r in out.values())
