@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import math
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,90 @@ def standard_normal_log_prob(z: Array, std: ArrayLike = 1.0) -> Array:
     dim = math.prod(z.shape[1:])
     std = jnp.asarray(std, z.dtype)
     return -0.5 * sum_event((z / std) ** 2) - dim * (jnp.log(std) + 0.5 * LOG_2PI)
+
+
+def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
+    """`shape` must be `[B, *event]` with a batch axis and at least one event axis."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a tuple of ints [B, *event], got {shape!r}.") from None
+    if len(shape) < 2:
+        raise ValueError(
+            f"`{name}` must be [B, *event] with a batch axis and at least one event axis, "
+            f"e.g. (B, D) or (B, H, W, C); got {shape}."
+        )
+    return tuple(check_positive_int(s, f"{name}[{i}]") for i, s in enumerate(shape))
+
+
+def check_positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a positive finite float, got {value}.")
+    return float(value)
+
+
+def check_model(fn, name: str, x_shape: tuple[int, ...], *arg_dtypes) -> None:
+    """Check, without running or compiling it, that `fn(x, *args)` maps `[B, *event]` to itself.
+
+    `x` is abstract with shape `x_shape` (default float dtype); each extra argument is an
+    abstract `[B]` array of the given dtype (the time or noise level). Uses `jax.eval_shape`.
+    """
+    if not callable(fn):
+        raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
+    x = jax.ShapeDtypeStruct(x_shape, jnp.result_type(float))
+    args = [jax.ShapeDtypeStruct(x_shape[:1], dtype) for dtype in arg_dtypes]
+    try:
+        out = jax.eval_shape(fn, x, *args)
+    except Exception as err:  # the model's own error, re-raised naming the argument
+        raise ValueError(
+            f"`{name}` could not be evaluated on x of shape {x_shape}"
+            + (f" and [B] = [{x_shape[0]}] times" if args else "")
+            + f": {type(err).__name__}: {err}"
+        ) from err
+    if getattr(out, "shape", None) != x_shape:
+        raise ValueError(
+            f"`{name}` must return an array of the input shape {x_shape}, got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+
+
+def check_choice(value, name: str, choices: tuple):
+    """`value` must be one of `choices`; returned unchanged."""
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
+
+
+def check_t_eps(t_eps, T: float) -> float:
+    """The time cut-off `t_eps`: a float in `(0, T)`."""
+    t_eps = check_positive_float(t_eps, "t_eps")
+    if not t_eps < T:
+        raise ValueError(f"`t_eps` must lie in (0, T) = (0, {T}), got {t_eps}.")
+    return t_eps
+
+
+def check_callable(fn, name: str):
+    if not callable(fn):
+        raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
+    return fn
+
+
+def evals_per_step(solver) -> tuple[int, int]:
+    """`(at init, per step)` drift evaluations of a diffrax solver (explicit RK, SRK, Euler)."""
+    tableau = getattr(solver, "tableau", None)
+    if isinstance(solver, (diffrax.Euler, diffrax.EulerHeun)):
+        return 0, 1
+    if isinstance(tableau, diffrax.ButcherTableau):
+        return (1, tableau.num_stages - 1) if tableau.fsal else (0, tableau.num_stages)
+    if isinstance(tableau, diffrax.StochasticButcherTableau):
+        ignored = 0 if tableau.ignore_stage_f is None else int(np.sum(tableau.ignore_stage_f))
+        return 0, len(tableau.b_sol) - ignored
+    raise TypeError(
+        "`solver` must be diffrax.Euler, an explicit Runge-Kutta solver (Heun, Tsit5, ...) or a "
+        f"stochastic Runge-Kutta solver (SEA, ShARK, SRA1, ...); got {type(solver).__name__}."
+    )
 
 
 class ModelFunction(eqx.Module):

@@ -19,13 +19,15 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._core import (
     as_float_array,
     check_key,
+    check_model,
+    check_positive_float,
     check_positive_int,
+    check_shape,
     expand_to,
     is_concrete,
     sum_event,
@@ -37,53 +39,6 @@ NORMS = ("example", "batch")  # how `langevin_corrector` takes the norms in its 
 
 
 # ---------------------------------------------------------------- shared argument checks
-def _check_shape(shape, name: str = "shape") -> tuple[int, ...]:
-    """`shape` must be `[B, *event]` with a batch axis and at least one event axis."""
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise TypeError(f"`{name}` must be a tuple of ints [B, *event], got {shape!r}.") from None
-    if len(shape) < 2:
-        raise ValueError(
-            f"`{name}` must be [B, *event] with a batch axis and at least one event axis, "
-            f"e.g. (B, D) or (B, H, W, C); got {shape}."
-        )
-    return tuple(check_positive_int(s, f"{name}[{i}]") for i, s in enumerate(shape))
-
-
-def _check_positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a positive finite float, got {value}.")
-    return float(value)
-
-
-def _check_model(fn, name: str, x_shape: tuple[int, ...], *arg_dtypes) -> None:
-    """Check, without running or compiling it, that `fn(x, *args)` maps `[B, *event]` to itself.
-
-    `x` is abstract with shape `x_shape` (default float dtype); each extra argument is an
-    abstract `[B]` array of the given dtype (the time or noise level). Uses `jax.eval_shape`.
-    """
-    if not callable(fn):
-        raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
-    x = jax.ShapeDtypeStruct(x_shape, jnp.result_type(float))
-    args = [jax.ShapeDtypeStruct(x_shape[:1], dtype) for dtype in arg_dtypes]
-    try:
-        out = jax.eval_shape(fn, x, *args)
-    except Exception as err:  # the model's own error, re-raised naming the argument
-        raise ValueError(
-            f"`{name}` could not be evaluated on x of shape {x_shape}"
-            + (f" and [B] = [{x_shape[0]}] times" if args else "")
-            + f": {type(err).__name__}: {err}"
-        ) from err
-    if getattr(out, "shape", None) != x_shape:
-        raise ValueError(
-            f"`{name}` must return an array of the input shape {x_shape}, got "
-            f"{getattr(out, 'shape', type(out).__name__)}."
-        )
-
-
 # ---------------------------------------------------------------- samplers
 def ula(key, score_fn: Callable, x_init: ArrayLike, *, step_size: float, num_steps: int):
     """Unadjusted Langevin algorithm: `x <- x + h/2 s(x) + sqrt(h) z` for `num_steps` steps.
@@ -106,9 +61,9 @@ def ula(key, score_fn: Callable, x_init: ArrayLike, *, step_size: float, num_ste
     x_init = as_float_array(x_init, "x_init")
     if x_init.ndim < 2:
         raise ValueError(f"`x_init` must have shape [B, *event], got {x_init.shape}.")
-    step_size = _check_positive_float(step_size, "step_size")
+    step_size = check_positive_float(step_size, "step_size")
     num_steps = check_positive_int(num_steps, "num_steps")
-    _check_model(score_fn, "score_fn", tuple(x_init.shape))
+    check_model(score_fn, "score_fn", tuple(x_init.shape))
     x = _ula(key, score_fn, x_init, jnp.asarray(step_size, x_init.dtype), num_steps)
     return x, {"nfe": num_steps}
 
@@ -157,7 +112,7 @@ def annealed(
         `(x [B, *event], info)` with `info["nfe"] = L * steps_per_level (+ 1 with denoise)`.
     """
     key = check_key(key)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     sigmas = as_float_array(sigmas, "sigmas")
     if sigmas.ndim != 1 or sigmas.shape[0] == 0:
         raise ValueError(f"`sigmas` must be a non-empty 1-D array, got shape {sigmas.shape}.")
@@ -166,12 +121,12 @@ def annealed(
     ):
         raise ValueError(f"`sigmas` must be positive and decreasing, got {sigmas}.")
     steps_per_level = check_positive_int(steps_per_level, "steps_per_level")
-    step_size = _check_positive_float(step_size, "step_size")
+    step_size = check_positive_float(step_size, "step_size")
     if init is not None:
         init = as_float_array(init, "init")
         if tuple(init.shape) != shape:
             raise ValueError(f"`init` must have shape {shape}, got {init.shape}.")
-    _check_model(score_fn, "score_fn", shape, sigmas.dtype)
+    check_model(score_fn, "score_fn", shape, sigmas.dtype)
     x = _annealed(key, score_fn, sigmas, shape, steps_per_level, step_size, init, bool(denoise))
     nfe = sigmas.shape[0] * steps_per_level + int(bool(denoise))
     return x, {"nfe": nfe}

@@ -39,7 +39,16 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import as_float_array, check_key, check_positive_int, is_concrete, sum_event
+from diffjax._core import (
+    as_float_array,
+    check_choice,
+    check_key,
+    check_positive_float,
+    check_positive_int,
+    evals_per_step,
+    is_concrete,
+    sum_event,
+)
 from diffjax.sde import AbstractSDE
 
 __all__ = ["bits_per_dim", "dequantize", "log_prob"]
@@ -49,20 +58,6 @@ PROBES = ("rademacher", "gaussian")
 # Exact divergence: basis tangents pushed through the linearised drift in chunks of this size,
 # bounding memory by `B * D * _EXACT_CHUNK` floats.
 _EXACT_CHUNK = 64
-
-
-def _check_positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a positive finite float, got {value}.")
-    return float(value)
-
-
-def _check_choice(value, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
-    return value
 
 
 def _batch_max_rms(err) -> Array:
@@ -93,23 +88,6 @@ def _divergence_hutchinson(jvp_fn: Callable, probes: Array) -> Array:
     """`mean_p v_p^T (df~/dx) v_p` per example, one JVP per probe; `probes`: `[P, B, *event]`."""
     jv = jax.vmap(jvp_fn)(probes)
     return jnp.mean(sum_event(probes * jv, num_batch_dims=2), axis=0)
-
-
-def _evals_per_step(solver) -> tuple[int, int]:
-    """`(vector-field evaluations per step, extra evaluations at the start)` of an RK solver.
-
-    An explicit Runge-Kutta step with `s` stages costs `s` evaluations, or `s - 1` when the
-    last stage is reused as the next first one (FSAL); FSAL solvers evaluate `f(t_eps, x)` once
-    at the start. The first step size is given (`dt0`), so no evaluation picks it.
-    """
-    if not isinstance(solver, diffrax.AbstractERK):
-        raise TypeError(
-            f"`solver` must be an explicit Runge-Kutta diffrax solver with an error estimate "
-            f"(e.g. diffrax.Tsit5(), diffrax.Dopri5()), got {type(solver).__name__}."
-        )
-    tableau = solver.tableau
-    stages = len(tableau.c) + 1
-    return stages - int(tableau.fsal), int(tableau.fsal)
 
 
 def log_prob(
@@ -183,19 +161,24 @@ def log_prob(
             f"`x` must have shape [B, *event] with at least one event axis "
             f"([B, 1] for scalars), got {x.shape}."
         )
-    divergence = _check_choice(divergence, "divergence", DIVERGENCES)
-    probe = _check_choice(probe, "probe", PROBES)
+    divergence = check_choice(divergence, "divergence", DIVERGENCES)
+    probe = check_choice(probe, "probe", PROBES)
     num_probes = check_positive_int(num_probes, "num_probes")
     max_steps = check_positive_int(max_steps, "max_steps")
-    rtol = _check_positive_float(rtol, "rtol")
-    atol = _check_positive_float(atol, "atol")
+    rtol = check_positive_float(rtol, "rtol")
+    atol = check_positive_float(atol, "atol")
     t_eps = as_float_array(t_eps, "t_eps")
     if t_eps.ndim != 0:
         raise ValueError(f"`t_eps` must be a scalar, got shape {t_eps.shape}.")
     if is_concrete(t_eps) and not 0.0 < float(t_eps) < sde.T:
         raise ValueError(f"`t_eps` must lie in (0, T) = (0, {sde.T}), got {float(t_eps)}.")
     solver = diffrax.Tsit5() if solver is None else solver
-    evals_per_step, evals_at_start = _evals_per_step(solver)
+    if not isinstance(solver, diffrax.AbstractERK):
+        raise TypeError(
+            f"`solver` must be an explicit Runge-Kutta diffrax solver with an error estimate "
+            f"(e.g. diffrax.Tsit5(), diffrax.Dopri5()), got {type(solver).__name__}."
+        )
+    evals_at_start, per_step = evals_per_step(solver)
     if prior_log_prob_fn is not None and not callable(prior_log_prob_fn):
         raise TypeError(
             f"`prior_log_prob_fn` must be callable, got {type(prior_log_prob_fn).__name__}."
@@ -238,7 +221,7 @@ def log_prob(
         prior_log_prob_fn,
     )  # fmt: skip
     info = {
-        "nfe": num_steps * evals_per_step + evals_at_start,
+        "nfe": num_steps * per_step + evals_at_start,
         "num_steps": num_steps,
         "z": z,
         "prior_log_prob": prior,

@@ -28,8 +28,11 @@ from jaxtyping import Array, ArrayLike
 from diffjax._core import (
     LOG_2PI,
     as_float_array,
+    check_callable,
+    check_choice,
     check_key,
     check_positive_int,
+    check_t_eps,
     expand_to,
     sum_event,
 )
@@ -61,12 +64,6 @@ _IS_GRID = 2048
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _check_choice(value, choices, name: str) -> str:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
-    return value
 
 
 def _check_data(x0: ArrayLike, name: str = "x0") -> Array:
@@ -103,20 +100,6 @@ def _dropout_labels(key, labels, label_dropout, null_label) -> tuple[Array, Arra
         raise ValueError("`label_dropout` > 0 needs `labels` and the `null_label` to drop to.")
     key, drop_key = jax.random.split(key)
     return key, drop_labels(drop_key, labels, float(label_dropout), null_label)
-
-
-def _check_fn(fn, name: str) -> Callable:
-    if not callable(fn):
-        raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
-    return fn
-
-
-def _check_t_eps(t_eps, T: float) -> float:
-    if isinstance(t_eps, bool) or not isinstance(t_eps, (int, float)):
-        raise TypeError(f"`t_eps` must be a float, got {type(t_eps).__name__}.")
-    if not 0.0 < t_eps < T:
-        raise ValueError(f"`t_eps` must lie in (0, T) = (0, {T}), got {t_eps}.")
-    return float(t_eps)
 
 
 def _apply(apply_fn, params, x_t: Array, t: Array, labels, name: str = "apply_fn") -> Array:
@@ -245,14 +228,14 @@ def dsm(
         `(loss, {"loss", "eps_mse"})`; `eps_mse` is the unweighted mean square eps error per
         dimension, comparable across predictions and weightings.
     """
-    _check_fn(apply_fn, "apply_fn")
+    check_callable(apply_fn, "apply_fn")
     key = check_key(key)
     x0 = _check_data(x0)
     if not isinstance(sde, AbstractSDE):
         raise TypeError(f"`sde` must be an AbstractSDE (diffjax.sde), got {type(sde).__name__}.")
-    _check_choice(prediction, PREDICTIONS, "prediction")
-    _check_choice(weighting, WEIGHTINGS, "weighting")
-    t_eps = _check_t_eps(t_eps, sde.T)
+    check_choice(prediction, "prediction", PREDICTIONS)
+    check_choice(weighting, "weighting", WEIGHTINGS)
+    t_eps = check_t_eps(t_eps, sde.T)
     if importance_sampling and weighting != "likelihood":
         raise ValueError("`importance_sampling=True` requires `weighting='likelihood'`.")
     if not snr_gamma > 0:
@@ -319,12 +302,12 @@ def ddpm(
     `apply_fn(params, x_t, t[, labels])` with integer `t: [B]`; `label_dropout`, `null_label`
     as in `dsm` (classifier-free training). Returns `(loss, {"loss", "eps_mse"})`.
     """
-    _check_fn(apply_fn, "apply_fn")
+    check_callable(apply_fn, "apply_fn")
     key = check_key(key)
     x0 = _check_data(x0)
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"`schedule` must be a DiscreteSchedule, got {type(schedule).__name__}.")
-    _check_choice(prediction, PREDICTIONS, "prediction")
+    check_choice(prediction, "prediction", PREDICTIONS)
     labels = _check_labels(labels, x0.shape[0])
     key, labels = _dropout_labels(key, labels, label_dropout, null_label)
 
@@ -391,7 +374,7 @@ def ddpm_vlb(
     Returns:
         `bpd [B]`, or `(bpd, terms)`.
     """
-    _check_fn(eps_fn, "eps_fn")
+    check_callable(eps_fn, "eps_fn")
     key = check_key(key)
     x0 = _check_data(x0)
     if not isinstance(schedule, DiscreteSchedule):
@@ -487,7 +470,9 @@ def vae_elbo(
     """
     if not (isinstance(vae_apply, tuple) and len(vae_apply) == 2):
         raise TypeError("`vae_apply` must be a pair (encode, decode), e.g. `losses.VAEApply`.")
-    encode, decode = (_check_fn(f, n) for f, n in zip(vae_apply, ("encode", "decode"), strict=True))
+    encode, decode = (
+        check_callable(f, n) for f, n in zip(vae_apply, ("encode", "decode"), strict=True)
+    )
     key = check_key(key)
     x = _check_data(x, "x")
     obs_std = as_float_array(obs_std, "obs_std")
@@ -550,7 +535,7 @@ def classifier(
     Returns:
         `(loss, {"loss", "accuracy"})`.
     """
-    _check_fn(apply_fn, "apply_fn")
+    check_callable(apply_fn, "apply_fn")
     key = check_key(key)
     x0 = _check_data(x0)
     labels = _check_labels(labels, x0.shape[0])
@@ -563,7 +548,7 @@ def classifier(
     if isinstance(process, DiscreteSchedule):
         t = jax.random.randint(t_key, (batch,), 1, process.num_steps + 1)
     elif isinstance(process, AbstractSDE):
-        t_eps = _check_t_eps(t_eps, process.T)
+        t_eps = check_t_eps(t_eps, process.T)
         t = jax.random.uniform(t_key, (batch,), x0.dtype, t_eps, process.T)
     else:
         raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")

@@ -37,14 +37,18 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import check_key, check_positive_int, is_concrete
-from diffjax.langevin import (
-    NORMS,
-    _check_model,
-    _check_positive_float,
-    _check_shape,
-    langevin_corrector,
+from diffjax._core import (
+    check_choice,
+    check_key,
+    check_model,
+    check_positive_float,
+    check_positive_int,
+    check_shape,
+    check_t_eps,
+    evals_per_step,
+    is_concrete,
 )
+from diffjax.langevin import NORMS, langevin_corrector
 from diffjax.schedules import DiscreteSchedule
 from diffjax.sde import VPSDE, AbstractSDE
 
@@ -75,18 +79,6 @@ def _check_sde(sde, cls=AbstractSDE) -> AbstractSDE:
     if not isinstance(sde, cls):
         raise TypeError(f"`sde` must be a diffjax.sde.{cls.__name__}, got {type(sde).__name__}.")
     return sde
-
-
-def _check_t_eps(t_eps, sde: AbstractSDE) -> float:
-    t_eps = _check_positive_float(t_eps, "t_eps")
-    if not t_eps < sde.T:
-        raise ValueError(f"`t_eps` must lie in (0, T) = (0, {sde.T}), got {t_eps}.")
-    return t_eps
-
-
-def _check_choice(value, name: str, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
 def _check_save_times(save_times, lo: float, hi: float, *, integer: bool = False):
@@ -151,26 +143,10 @@ def _denoise(score_fn, sde: AbstractSDE, x: Array, t: float) -> Array:
     return (x + std**2 * score_fn(x, jnp.full(x.shape[:1], t, x.dtype))) / mean_coeff
 
 
-def _evals_per_step(solver) -> tuple[int, int]:
-    """`(at init, per step)` drift evaluations of a diffrax solver (explicit RK, SRK, Euler)."""
-    tableau = getattr(solver, "tableau", None)
-    if isinstance(solver, (dfx.Euler, dfx.EulerHeun)):
-        return 0, 1
-    if isinstance(tableau, dfx.ButcherTableau):
-        return (1, tableau.num_stages - 1) if tableau.fsal else (0, tableau.num_stages)
-    if isinstance(tableau, dfx.StochasticButcherTableau):
-        ignored = 0 if tableau.ignore_stage_f is None else int(np.sum(tableau.ignore_stage_f))
-        return 0, len(tableau.b_sol) - ignored
-    raise TypeError(
-        "`solver` must be diffrax.Euler, an explicit Runge-Kutta solver (Heun, Tsit5, ...) or a "
-        f"stochastic Runge-Kutta solver (SEA, ShARK, SRA1, ...); got {type(solver).__name__}."
-    )
-
-
 def _check_solver(solver, name: str = "solver") -> None:
     if not isinstance(solver, dfx.AbstractSolver):
         raise TypeError(f"`{name}` must be a diffrax solver, got {type(solver).__name__}.")
-    _evals_per_step(solver)
+    evals_per_step(solver)
 
 
 def _check_projection(projection, key, shape: tuple[int, ...], t_dtype) -> None:
@@ -243,11 +219,11 @@ def ddpm(
     """
     key = check_key(key)
     schedule = _check_schedule(schedule)
-    shape = _check_shape(shape)
-    _check_choice(variance, "variance", ("beta_tilde", "beta"))
+    shape = check_shape(shape)
+    check_choice(variance, "variance", ("beta_tilde", "beta"))
     T = schedule.num_steps
     save_times = _check_save_times(save_times, 0, T, integer=True)
-    _check_model(eps_fn, "eps_fn", shape, jnp.int32)
+    check_model(eps_fn, "eps_fn", shape, jnp.int32)
     _check_projection(projection, key, shape, jnp.int32)
     x, saved = _ddpm(key, eps_fn, schedule, shape, variance, save_times, projection)
     return x, _with_trajectory({"nfe": T}, saved)
@@ -337,18 +313,18 @@ def ddim(
     """
     key = check_key(key)
     schedule = _check_schedule(schedule)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     num_steps = check_positive_int(num_steps, "num_steps")
     eta = float(eta) if isinstance(eta, (int, float, np.floating)) else eta
     if not isinstance(eta, float) or not 0.0 <= eta <= 1.0:
         raise ValueError(f"`eta` must be a float in [0, 1], got {eta!r}.")
-    _check_choice(spacing, "spacing", ("uniform", "quadratic", "trailing"))
+    check_choice(spacing, "spacing", ("uniform", "quadratic", "trailing"))
     T = schedule.num_steps
     if num_steps > T:
         raise ValueError(f"`num_steps` must not exceed the schedule's T = {T}, got {num_steps}.")
     taus = _ddim_steps(T, num_steps, spacing)
     save_times = _check_save_times(save_times, 0, T, integer=True)
-    _check_model(eps_fn, "eps_fn", shape, jnp.int32)
+    check_model(eps_fn, "eps_fn", shape, jnp.int32)
     _check_projection(projection, key, shape, jnp.int32)
     grid = np.concatenate([taus[::-1], [0]])
     x, saved = _ddim(key, eps_fn, schedule, shape, jnp.asarray(grid), eta, save_times, projection)
@@ -435,16 +411,16 @@ def reverse_sde(
     """
     key = check_key(key)
     sde = _check_sde(sde)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     num_steps = check_positive_int(num_steps, "num_steps")
     max_steps = check_positive_int(max_steps, "max_steps")
-    t_eps = _check_t_eps(t_eps, sde)
+    t_eps = check_t_eps(t_eps, sde.T)
     adaptive = bool(adaptive)
     if solver is None:
         solver = dfx.ShARK() if adaptive else dfx.Euler()
     _check_solver(solver)
     if adaptive:
-        rtol, atol = _check_positive_float(rtol, "rtol"), _check_positive_float(atol, "atol")
+        rtol, atol = check_positive_float(rtol, "rtol"), check_positive_float(atol, "atol")
         if not isinstance(solver, dfx.AbstractAdaptiveSolver) and not (
             getattr(getattr(solver, "tableau", None), "b_error", None) is not None
         ):
@@ -453,7 +429,7 @@ def reverse_sde(
                 "(e.g. diffrax.ShARK() or diffrax.Heun())."
             )
     save_times = _check_save_times(save_times, t_eps, sde.T)
-    _check_model(score_fn, "score_fn", shape, _FLOAT)
+    check_model(score_fn, "score_fn", shape, _FLOAT)
     if projection is not None and adaptive:
         raise ValueError("`projection` needs fixed steps: pass `adaptive=False`.")
     _check_projection(projection, key, shape, _FLOAT)
@@ -474,7 +450,7 @@ def reverse_sde(
         key, score_fn, sde, shape, solver, controller, t_eps, adaptive, max_steps, save_times,
         projection,
     )  # fmt: skip
-    init_evals, per_step = _evals_per_step(solver)
+    init_evals, per_step = evals_per_step(solver)
     if projection is not None:  # FSAL: the first stage is re-evaluated after every projection
         per_step = init_evals + per_step
     info = {"nfe": init_evals + per_step * steps + 1, "num_steps": steps}
@@ -596,18 +572,18 @@ def predictor_corrector(
     """
     key = check_key(key)
     sde = _check_sde(sde)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     num_steps = check_positive_int(num_steps, "num_steps")
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, (int, np.integer)):
         raise TypeError(f"`corrector_steps` must be an int, got {type(corrector_steps).__name__}.")
     if corrector_steps < 0:
         raise ValueError(f"`corrector_steps` must be >= 0, got {corrector_steps}.")
-    snr = _check_positive_float(snr, "snr")
-    _check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
-    _check_choice(norm, "norm", NORMS)
-    t_eps = _check_t_eps(t_eps, sde)
+    snr = check_positive_float(snr, "snr")
+    check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
+    check_choice(norm, "norm", NORMS)
+    t_eps = check_t_eps(t_eps, sde.T)
     save_times = _check_save_times(save_times, t_eps, sde.T)
-    _check_model(score_fn, "score_fn", shape, _FLOAT)
+    check_model(score_fn, "score_fn", shape, _FLOAT)
     _check_projection(projection, key, shape, _FLOAT)
     grid = np.linspace(sde.T, t_eps, num_steps + 1)
     x, saved = _predictor_corrector(
@@ -663,10 +639,10 @@ def _predictor_corrector(
 def _ode_options(sde, t_eps, solver, rtol, atol, num_steps, max_steps):
     """Validate the shared ODE options; return `(t_eps, solver, controller-maker, max_steps)`."""
     sde = _check_sde(sde)
-    t_eps = _check_t_eps(t_eps, sde)
+    t_eps = check_t_eps(t_eps, sde.T)
     max_steps = check_positive_int(max_steps, "max_steps")
     if num_steps is None:
-        rtol, atol = _check_positive_float(rtol, "rtol"), _check_positive_float(atol, "atol")
+        rtol, atol = check_positive_float(rtol, "rtol"), check_positive_float(atol, "atol")
         solver = dfx.Tsit5() if solver is None else solver
     else:
         num_steps = check_positive_int(num_steps, "num_steps")
@@ -681,7 +657,7 @@ def _ode_options(sde, t_eps, solver, rtol, atol, num_steps, max_steps):
 
 
 def _ode_nfe(solver, steps):
-    init_evals, per_step = _evals_per_step(solver)
+    init_evals, per_step = evals_per_step(solver)
     return init_evals + per_step * steps
 
 
@@ -744,12 +720,12 @@ def ode(
         and `info["num_steps"]`.
     """
     key = check_key(key)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     t_eps, solver, rtol, atol, num_steps, max_steps = _ode_options(
         sde, t_eps, solver, rtol, atol, num_steps, max_steps
     )
     save_times = _check_save_times(save_times, t_eps, sde.T)
-    _check_model(score_fn, "score_fn", shape, _FLOAT)
+    check_model(score_fn, "score_fn", shape, _FLOAT)
     x, saved, steps = _ode(
         key, score_fn, sde, shape, t_eps, solver, rtol, atol, num_steps, max_steps, save_times
     )
@@ -770,7 +746,7 @@ def _check_data(x, name: str):
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be a float array, got dtype {x.dtype}.")
-    _check_shape(x.shape, f"{name}.shape")
+    check_shape(x.shape, f"{name}.shape")
     return x
 
 
@@ -795,7 +771,7 @@ def encode(
     t_eps, solver, rtol, atol, num_steps, max_steps = _ode_options(
         sde, t_eps, solver, rtol, atol, num_steps, max_steps
     )
-    _check_model(score_fn, "score_fn", tuple(x.shape), _FLOAT)
+    check_model(score_fn, "score_fn", tuple(x.shape), _FLOAT)
     z, _, steps = _pf_ode(
         score_fn, sde, x, t_eps, sde.T, solver, rtol, atol, num_steps, max_steps, None
     )
@@ -822,7 +798,7 @@ def decode(
     t_eps, solver, rtol, atol, num_steps, max_steps = _ode_options(
         sde, t_eps, solver, rtol, atol, num_steps, max_steps
     )
-    _check_model(score_fn, "score_fn", tuple(z.shape), _FLOAT)
+    check_model(score_fn, "score_fn", tuple(z.shape), _FLOAT)
     x, _, steps = _pf_ode(
         score_fn, sde, z, sde.T, t_eps, solver, rtol, atol, num_steps, max_steps, None
     )
@@ -866,13 +842,13 @@ def dpm_solver(
             f"{type(sde).__name__}. Use `ode` or `reverse_sde` for other SDEs."
         )
     sde = _check_sde(sde, VPSDE)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     num_steps = check_positive_int(num_steps, "num_steps")
-    _check_choice(order, "order", (1, 2, 3))
-    _check_choice(spacing, "spacing", ("logsnr", "time"))
-    t_eps = _check_t_eps(t_eps, sde)
+    check_choice(order, "order", (1, 2, 3))
+    check_choice(spacing, "spacing", ("logsnr", "time"))
+    t_eps = check_t_eps(t_eps, sde.T)
     save_times = _check_save_times(save_times, t_eps, sde.T)
-    _check_model(eps_fn, "eps_fn", shape, _FLOAT)
+    check_model(eps_fn, "eps_fn", shape, _FLOAT)
     i = np.arange(1, num_steps + 1)
     orders = np.minimum(order, i)
     if lower_order_final:
