@@ -169,6 +169,11 @@ def check_config(config: Config, dataset: Dataset) -> None:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(config, name)}.")
+    for name in ("lr_decay_steps", "eval_vlb_points"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(config, name)}.")
+    if config.eval_guidance < 0:
+        raise UsageError(f"--eval_guidance must be >= 0, got {config.eval_guidance}.")
     if not 0 <= config.ema_decay < 1 or not 0 <= config.label_dropout <= 1:
         raise UsageError("--ema_decay must lie in [0, 1) and --label_dropout in [0, 1].")
 
@@ -205,8 +210,15 @@ def make_network(config: Config, dataset: Dataset, process):
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """Warm-up then constant learning rate; Adam or AdamW; optional global-norm clipping."""
-    lr = optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1))
+    """Linear warm-up, then a constant learning rate or (`lr_decay_steps > 0`) a cosine decay
+    to 0 at step `lr_decay_steps`; Adam or AdamW; optional global-norm clipping."""
+    warmup = max(config.warmup_steps, 1)
+    if config.lr_decay_steps > 0:
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, warmup, max(config.lr_decay_steps, warmup + 1)
+        )
+    else:
+        lr = optax.linear_schedule(0.0, config.lr, warmup)
     if config.optimizer == "adam":
         opt = optax.adam(lr)
     else:

@@ -53,9 +53,14 @@ def evaluate(
     vlb: bool,
     vlb_points: int,
     seed: int,
+    weight: float = 0.0,
     figure: str = "",
+    grid: str = "",
 ) -> dict:
-    """Likelihoods and per-sampler metrics of `params`; prints a table, optionally a figure."""
+    """Likelihoods and per-sampler metrics of `params`; prints a table, optionally a figure
+    and (images) a grid of the first sampler's samples, one row per class for conditional
+    models. Conditional models sample every class in turn with classifier-free guidance
+    weight `weight`; the likelihoods are those of the unconditional (null-label) model."""
     ds = run.dataset
     key = jax.random.key(seed)
     k_nll, k_vlb, k_sample, k_traj = jax.random.split(key, 4)
@@ -63,15 +68,29 @@ def evaluate(
     for name in samplers:
         common.check_sampler(run, name)
     panels = []
+    labels = common.labels_for(run, "all", num_samples)
     for i, name in enumerate(samplers):
-        labels = common.labels_for(run, "all", num_samples)
         x, info = common.sample(
-            run, params, name, jax.random.fold_in(k_sample, i), num_samples, labels=labels
+            run,
+            params,
+            name,
+            jax.random.fold_in(k_sample, i),
+            num_samples,
+            labels=labels,
+            weight=weight,
         )
         ed = float(metrics.energy_distance(x, ds.x_heldout))
         row = {"nfe": int(info["nfe"]), "energy_distance": ed, "time": info["time"]}
         results["samplers"][name] = row
         panels.append((f"{name}: NFE {row['nfe']}, ED {ed:.4f}", x))
+        if i == 0 and grid and ds.is_image:
+            title = f"{name}, NFE {row['nfe']}"
+            if labels is not None:
+                title += f", one row per class, guidance w = {weight:g}"
+            plots.image_panels(grid, [(title, _class_rows(x, labels))])
+            results["grid"] = grid
+    if "grid" in results:
+        print(f"sample grid: {results['grid']}")
     if nll and run.sde is not None:
         results["pf_ode"] = common.nll(run, params, ds.x_heldout[:nll_points], k_nll)
     if vlb and run.schedule is not None:
@@ -90,6 +109,15 @@ def evaluate(
     return results
 
 
+def _class_rows(x: np.ndarray, labels, cols: int = 10) -> np.ndarray:
+    """Up to `cols` images of each class in class order (a grid with one row per class), or
+    the first `cols^2` images of an unconditional model."""
+    if labels is None:
+        return x[: cols * cols]
+    labels = np.asarray(labels)
+    return np.concatenate([x[labels == c][:cols] for c in np.unique(labels)])
+
+
 def _headline(run: common.Run, results: dict) -> str:
     c = run.config
     text = f"{c.dataset}, {c.process} {c.loss} ({c.prediction}), {c.model}, {c.steps} steps"
@@ -98,6 +126,9 @@ def _headline(run: common.Run, results: dict) -> str:
         text += f"; held-out PF-ODE NLL {results['pf_ode'][key]:.3f} {unit}"
         if "exact_nll" in results:
             text += f" (exact {results['exact_nll']:.3f})"
+    if "ddpm_bound" in results:
+        key = "bpd" if run.dataset.is_image else "nll"
+        text += f", DDPM bound {results['ddpm_bound'][key]:.3f}"
     return text
 
 
@@ -140,6 +171,8 @@ def _main(argv) -> int:
         argv, EvalOptions, "evaluate.py", "Likelihoods and sample metrics of a trained run."
     )
     samplers = parse_samplers(opts.samplers)
+    if opts.guidance < 0:
+        raise UsageError(f"--guidance must be non-negative, got {opts.guidance}.")
     run, params, step = common.load_run(opts.workdir, opts.ema)
     print(f"{opts.workdir}: step {step}, {run.config.dataset}, {run.config.process}")
     start = time.perf_counter()
@@ -154,6 +187,7 @@ def _main(argv) -> int:
         vlb=opts.vlb,
         vlb_points=opts.vlb_points,
         seed=opts.seed,
+        weight=opts.guidance,
     )
     results["step"] = step
     out = opts.out or os.path.join(opts.workdir, "eval.json")

@@ -1,7 +1,8 @@
 """Train a diffusion model, checkpoint it, and evaluate it at the end.
 
     python scripts/train.py                                   # eight Gaussians, VP SDE, MLP
-    python scripts/train.py --config digits --steps 5000      # 8x8 digits, U-Net, conditional
+    python scripts/train.py --config digits                   # 8x8 digits, U-Net, conditional
+    python scripts/train.py --config digits --steps 6000 --lr_decay_steps 6000 --workdir outputs/d6k
     python scripts/train.py --dataset two_moons --process ve --prediction score --workdir outputs/ve
     python scripts/train.py --workdir outputs/eight_gaussians --steps 6000 --resume
     python scripts/train.py --help                            # every option with its default
@@ -179,7 +180,7 @@ def train_and_evaluate(
     start = time.perf_counter()
     state = train(run, workdir, resume)
     print(f"trained {config.steps} steps in {time.perf_counter() - start:.1f} s")
-    if not samplers and not config.eval_nll:
+    if not samplers and not config.eval_nll and not config.eval_vlb_points:
         return {}
     params = common.eval_params(run, state)
     return evaluate.evaluate(
@@ -189,10 +190,12 @@ def train_and_evaluate(
         num_samples=config.eval_samples,
         nll=config.eval_nll,
         nll_points=config.eval_nll_points,
-        vlb=False,
-        vlb_points=0,
+        vlb=config.eval_vlb_points > 0,
+        vlb_points=config.eval_vlb_points,
         seed=config.seed,
+        weight=config.eval_guidance,
         figure=figure or os.path.join(workdir, "summary.png"),
+        grid=os.path.join(workdir, "samples.png"),
     )
 
 
