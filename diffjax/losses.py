@@ -168,6 +168,28 @@ def _likelihood_times(sde: AbstractSDE, key, batch: int, t_eps: float) -> tuple[
     return t, h_t / density
 
 
+def _regression_loss(
+    params, apply_fn, x0, t, eps, a, s, labels, prediction, weighting, eps_weight, reduce_mean
+) -> tuple[Array, dict[str, Array]]:
+    """Noise `x_0` to `x_t = a x_0 + s eps` (`a, s`: `[B]`), regress the network on its target."""
+    a, s = expand_to(a, x0), expand_to(s, x0)
+    x_t = a * x0 + s * eps
+    out = _apply(apply_fn, params, x_t, t, labels)
+    per_example, eps_sq = _denoising_error(
+        out,
+        eps,
+        x_t,
+        a,
+        s,
+        prediction=prediction,
+        weighting=weighting,
+        eps_weight=eps_weight,
+        reduce_mean=reduce_mean,
+    )
+    loss = jnp.mean(per_example)
+    return loss, {"loss": loss, "eps_mse": jnp.mean(eps_sq)}
+
+
 def dsm(
     params,
     apply_fn: Callable,
@@ -261,22 +283,9 @@ def dsm(
         eps_weight = jnp.ones_like(s)
     elif weighting == "min_snr":
         eps_weight = jnp.minimum(1.0, snr_gamma * s**2 / a**2)
-    a, s = expand_to(a, x0), expand_to(s, x0)
-    x_t = a * x0 + s * eps
-    out = _apply(apply_fn, params, x_t, t, labels)
-    per_example, eps_sq = _denoising_error(
-        out,
-        eps,
-        x_t,
-        a,
-        s,
-        prediction=prediction,
-        weighting=weighting,
-        eps_weight=eps_weight,
-        reduce_mean=reduce_mean,
+    return _regression_loss(
+        params, apply_fn, x0, t, eps, a, s, labels, prediction, weighting, eps_weight, reduce_mean
     )
-    loss = jnp.mean(per_example)
-    return loss, {"loss": loss, "eps_mse": jnp.mean(eps_sq)}
 
 
 def ddpm(
@@ -315,22 +324,9 @@ def ddpm(
     t = jax.random.randint(t_key, (x0.shape[0],), 1, schedule.num_steps + 1)
     eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
     a, s = schedule.marginal(t)
-    a, s = expand_to(a, x0), expand_to(s, x0)
-    x_t = a * x0 + s * eps
-    out = _apply(apply_fn, params, x_t, t, labels)
-    per_example, eps_sq = _denoising_error(
-        out,
-        eps,
-        x_t,
-        a,
-        s,
-        prediction=prediction,
-        weighting="simple",
-        eps_weight=None,
-        reduce_mean=reduce_mean,
+    return _regression_loss(
+        params, apply_fn, x0, t, eps, a, s, labels, prediction, "simple", None, reduce_mean
     )
-    loss = jnp.mean(per_example)
-    return loss, {"loss": loss, "eps_mse": jnp.mean(eps_sq)}
 
 
 def ddpm_vlb(
