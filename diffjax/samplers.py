@@ -750,6 +750,20 @@ def _check_data(x, name: str):
     return x
 
 
+def _transport(score_fn, sde, y, name, forward, rtol, atol, solver, t_eps, num_steps, max_steps):
+    """Carry `y` along the PF-ODE between `t_eps` and `T` (up when `forward`), no noise."""
+    y = _check_data(y, name)
+    t_eps, solver, rtol, atol, num_steps, max_steps = _ode_options(
+        sde, t_eps, solver, rtol, atol, num_steps, max_steps
+    )
+    check_model(score_fn, "score_fn", tuple(y.shape), _FLOAT)
+    t0, t1 = (t_eps, sde.T) if forward else (sde.T, t_eps)
+    out, _, steps = _pf_ode(
+        score_fn, sde, y, t0, t1, solver, rtol, atol, num_steps, max_steps, None
+    )
+    return out, {"nfe": _ode_nfe(solver, steps), "num_steps": steps}
+
+
 def encode(
     score_fn: Callable,
     sde: AbstractSDE,
@@ -767,15 +781,7 @@ def encode(
     `x` is taken as the state at `t_eps`. Returns `(z [B, *event], info)` with `info["nfe"]`.
     `decode(score_fn, sde, encode(score_fn, sde, x)[0])[0]` returns `x` up to the solver tolerance.
     """
-    x = _check_data(x, "x")
-    t_eps, solver, rtol, atol, num_steps, max_steps = _ode_options(
-        sde, t_eps, solver, rtol, atol, num_steps, max_steps
-    )
-    check_model(score_fn, "score_fn", tuple(x.shape), _FLOAT)
-    z, _, steps = _pf_ode(
-        score_fn, sde, x, t_eps, sde.T, solver, rtol, atol, num_steps, max_steps, None
-    )
-    return z, {"nfe": _ode_nfe(solver, steps), "num_steps": steps}
+    return _transport(score_fn, sde, x, "x", True, rtol, atol, solver, t_eps, num_steps, max_steps)
 
 
 def decode(
@@ -794,15 +800,7 @@ def decode(
 
     Returns `(x [B, *event], info)` with `info["nfe"]`.
     """
-    z = _check_data(z, "z")
-    t_eps, solver, rtol, atol, num_steps, max_steps = _ode_options(
-        sde, t_eps, solver, rtol, atol, num_steps, max_steps
-    )
-    check_model(score_fn, "score_fn", tuple(z.shape), _FLOAT)
-    x, _, steps = _pf_ode(
-        score_fn, sde, z, sde.T, t_eps, solver, rtol, atol, num_steps, max_steps, None
-    )
-    return x, {"nfe": _ode_nfe(solver, steps), "num_steps": steps}
+    return _transport(score_fn, sde, z, "z", False, rtol, atol, solver, t_eps, num_steps, max_steps)
 
 
 # ---------------------------------------------------------------- DPM-Solver++
