@@ -1,8 +1,12 @@
-"""diffjax: diffusion models in JAX, every equation checked against an exact answer.
+"""diffjax: diffusion and flow models in JAX, every equation checked against an exact answer.
 
-Topical modules follow the lecture notes: `schedules` and `forward` (DDPM), `sde` (SDEs),
-`distributions` (exact references), `metrics` (sample quality).
+The core is one Gaussian path `x_t = alpha(t) x_0 + sigma(t) eps` (`processes`: VP, sub-VP, VE,
+EDM, rectified flow, cosine; `schedules`: the discrete DDPM chain) and a `Model` that knows what
+its network predicts. Topical modules follow the lecture notes. `nets` (Flax) and `training`
+(Optax, Orbax) are imported on first use, so `import diffjax` loads neither Flax nor Orbax.
 """
+
+import importlib
 
 from diffjax import (
     data,
@@ -14,32 +18,46 @@ from diffjax import (
     likelihood,
     losses,
     metrics,
-    nets,
+    processes,
     samplers,
     schedules,
-    sde,
-    training,
 )
-from diffjax.distributions import GaussianMixture, exact_eps, exact_score, gaussian
+from diffjax.distributions import GaussianMixture, exact_model, gaussian
 from diffjax.forward import q_posterior, q_sample
 from diffjax.guidance import classifier_free, classifier_guidance, inpainting_projection
+from diffjax.model import Model
+from diffjax.processes import EDM, VESDE, VPSDE, AbstractProcess, Cosine, RectifiedFlow, SubVPSDE
 from diffjax.schedules import DiscreteSchedule
-from diffjax.sde import VESDE, VPSDE, SubVPSDE
 
 __version__ = "0.1.0"
 
+_LAZY = ("nets", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"diffjax.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
+
+
 __all__ = [
+    "EDM",
     "VESDE",
     "VPSDE",
+    "AbstractProcess",
+    "Cosine",
     "DiscreteSchedule",
     "GaussianMixture",
+    "Model",
+    "RectifiedFlow",
     "SubVPSDE",
     "classifier_free",
     "classifier_guidance",
     "data",
     "distributions",
-    "exact_eps",
-    "exact_score",
+    "exact_model",
     "fokker_planck",
     "forward",
     "gaussian",
@@ -50,10 +68,10 @@ __all__ = [
     "losses",
     "metrics",
     "nets",
+    "processes",
     "q_posterior",
     "q_sample",
     "samplers",
     "schedules",
-    "sde",
     "training",
 ]

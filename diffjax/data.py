@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from diffjax._core import check_key, check_positive_int
+from diffjax._checks import check_key, check_positive_int
 
 EIGHT_GAUSSIANS_RADIUS = 2.0
 """Distance of the 8 component means from the origin."""

@@ -1,9 +1,10 @@
 """Exact references: Gaussians and Gaussian mixtures with closed-form noised marginals.
 
-A mixture `p_0(x) = sum_k w_k N(x | m_k, diag(sigma_k^2))` pushed through any forward process
-with `x_t = a x_0 + s eps` (`a = mean_coeff(t)`, `s = std(t)`) stays a mixture:
+A mixture `p_0(x) = sum_k w_k N(x | m_k, diag(sigma_k^2))` pushed through any Gaussian path
+with `x_t = a x_0 + s eps` (`a = alpha(t)`, `s = sigma(t)`) stays a mixture:
 `p_t(x) = sum_k w_k N(x | a m_k, diag(a^2 sigma_k^2 + s^2))`. Its log-density, score
-`grad_x log p_t` and component posteriors are exact at every `t`, so samplers, losses and the
+`grad_x log p_t`, posterior mean `E[x_0 | x_t]` and component posteriors are exact at every `t`,
+and `exact_model` turns them into a `Model` of any prediction kind, so samplers, losses and the
 likelihood can be checked without training anything.
 
 Shapes: `x` is `[B, *event]`, `t` a scalar or `[B]`; per-example outputs are `[B]`.
@@ -19,20 +20,40 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import (
+from diffjax._checks import (
     LOG_2PI,
-    AbstractForwardProcess,
-    ModelFunction,
     as_float_array,
     check_batch_time,
+    check_choice,
     check_key,
     check_positive_int,
     concrete,
     expand_to,
 )
-from diffjax.forward import eps_from_score
+from diffjax.model import PREDICTIONS, Model, from_x0_eps, path_coefficients
+from diffjax.processes import AbstractMarginal, AbstractProcess
 
-__all__ = ["GaussianMixture", "exact_classifier", "exact_eps", "exact_score", "gaussian"]
+__all__ = ["GaussianMixture", "exact_classifier", "exact_model", "gaussian"]
+
+
+def _check_process(process) -> AbstractMarginal:
+    if not isinstance(process, AbstractMarginal):
+        raise TypeError(
+            f"`process` must be a diffjax process or schedule, got {type(process).__name__}."
+        )
+    return process
+
+
+def _coefficients(process: AbstractMarginal, x: Array, t) -> tuple[Array, Array]:
+    """`(alpha(t), sigma(t))` at `t` (scalar or `[B]` for `x: [B, ...]`), each of shape `[B or 1]`."""
+    t = jnp.asarray(t)
+    if isinstance(process, AbstractProcess):
+        t = t.astype(x.dtype)
+    else:
+        t = process.check_time(t)
+    check_batch_time(x, t)
+    a, s = process.marginal(t)
+    return jnp.atleast_1d(a), jnp.atleast_1d(s)
 
 
 class GaussianMixture(eqx.Module):
@@ -107,15 +128,8 @@ class GaussianMixture(eqx.Module):
         stds = self.stds.reshape(self.num_components, -1)[None]
         if process is None:
             return means, stds**2
-        if not isinstance(process, AbstractForwardProcess):
-            raise TypeError(
-                f"`process` must be a schedule or an SDE, got {type(process).__name__}."
-            )
-        t = process.check_time(t)
-        check_batch_time(x, t)
-        a, s = process.marginal(t)
-        a = expand_to(jnp.atleast_1d(a), means)
-        s = expand_to(jnp.atleast_1d(s), means)
+        a, s = _coefficients(_check_process(process), x, t)
+        a, s = expand_to(a, means), expand_to(s, means)
         return a * means, (a * stds) ** 2 + s**2
 
     def component_log_probs(self, x: ArrayLike, process=None, t: ArrayLike = 0) -> Array:
@@ -151,6 +165,21 @@ class GaussianMixture(eqx.Module):
         resp = jax.nn.softmax(log_joint, axis=-1)  # p_t(k | x): [B, K]
         return jnp.einsum("bk,bkd->bd", resp, -diff / var).reshape(x.shape)
 
+    def posterior_mean(self, x: ArrayLike, process, t: ArrayLike) -> Array:
+        """Tweedie's denoiser `E[x_0 | x_t] = sum_k p_t(k | x) (m_k + a v_k (x - a m_k) / (a^2 v_k + s^2))`.
+
+        `v_k = sigma_k^2`; finite where `alpha = 0` (it is then the prior mean): `[B, *event]`.
+        """
+        x = self._check_x(x)
+        log_joint, diff, var = self._joint(x, process, t)
+        resp = jax.nn.softmax(log_joint, axis=-1)
+        a, _ = _coefficients(process, x, t)
+        a = a.reshape(-1, 1, 1)
+        means = self.means.reshape(self.num_components, -1)[None]
+        v = self.stds.reshape(self.num_components, -1)[None] ** 2
+        post = means + a * v * diff / var  # var = a^2 v + s^2
+        return jnp.einsum("bk,bkd->bd", resp, post).reshape(x.shape)
+
     def subset(self, components: ArrayLike) -> GaussianMixture:
         """The mixture restricted to the given component indices, weights renormalised.
 
@@ -166,9 +195,8 @@ class GaussianMixture(eqx.Module):
 
     def noised(self, process, t: float) -> GaussianMixture:
         """The mixture `p_t` at a single time `t` (a scalar) as a `GaussianMixture`."""
-        t = process.check_time(t) if isinstance(process, AbstractForwardProcess) else None
-        if t is None:
-            raise TypeError(f"`process` must be a schedule or an SDE, got {type(process)}.")
+        t = jnp.asarray(t)
+        _check_process(process)
         if t.ndim != 0:
             raise ValueError(f"`t` must be a scalar, got shape {t.shape}.")
         a, s = process.marginal(t)
@@ -190,29 +218,30 @@ def _check_dist(dist) -> GaussianMixture:
     return dist
 
 
-def exact_score(dist: GaussianMixture, process) -> Callable:
-    """The exact score of the noised data distribution, as a model function `fn(x, t)`.
+def exact_model(dist: GaussianMixture, process, prediction: str = "score") -> Model:
+    """The exact model of the noised data distribution on `process`, predicting `prediction`.
 
-    `fn(x, t) = grad_x log p_t(x)` with `x: [B, *event]`, `t` scalar or `[B]`.
+    Every kind is computed from the exact score `s` and the exact posterior mean `x0`
+    (`eps = -sigma s`), so it stays finite at both ends of paths where `alpha` or `sigma` is 0.
     """
     _check_dist(dist)
-    if not isinstance(process, AbstractForwardProcess):
-        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+    _check_process(process)
+    check_choice(prediction, "prediction", PREDICTIONS)
+    return Model(_ExactPrediction(dist, process, prediction), process, prediction)
 
-    return _ExactScore(dist, process)
 
-
-class _ExactScore(ModelFunction):
+class _ExactPrediction(eqx.Module):
     dist: GaussianMixture
-    process: AbstractForwardProcess
+    process: AbstractMarginal
+    prediction: str = eqx.field(static=True)
 
     def __call__(self, x, t):
-        return self.dist.score(x, self.process, t)
-
-
-def exact_eps(dist: GaussianMixture, process) -> Callable:
-    """The exact noise prediction `eps(x, t) = -std(t) grad_x log p_t(x)` as `fn(x, t)`."""
-    return eps_from_score(exact_score(dist, process), process)
+        score = self.dist.score(x, self.process, t)
+        if self.prediction == "score":
+            return score
+        a, s, da, ds = path_coefficients(self.process, x, t)
+        x0 = self.dist.posterior_mean(x, self.process, t)
+        return from_x0_eps(self.prediction, x0, -s * score, a, s, da, ds)
 
 
 def exact_classifier(dist: GaussianMixture, process, classes: ArrayLike) -> Callable:
@@ -223,8 +252,7 @@ def exact_classifier(dist: GaussianMixture, process, classes: ArrayLike) -> Call
     with `C = max(classes) + 1`.
     """
     _check_dist(dist)
-    if not isinstance(process, AbstractForwardProcess):
-        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+    _check_process(process)
     classes = np.asarray(classes)
     if classes.shape != (dist.num_components,) or not np.issubdtype(classes.dtype, np.integer):
         raise ValueError(
@@ -236,9 +264,9 @@ def exact_classifier(dist: GaussianMixture, process, classes: ArrayLike) -> Call
     return _ExactClassifier(dist, process, onehot)
 
 
-class _ExactClassifier(ModelFunction):
+class _ExactClassifier(eqx.Module):
     dist: GaussianMixture
-    process: AbstractForwardProcess
+    process: AbstractMarginal
     onehot: Array  # [C, K], component k has class c
 
     def __call__(self, x, t):

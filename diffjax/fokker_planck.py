@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import as_float_array, is_concrete
-from diffjax.sde import AbstractSDE
+from diffjax._checks import as_float_array, is_concrete
+from diffjax.processes import AbstractProcess
 
 __all__ = ["solve_1d", "solve_sde_1d"]
 
@@ -220,22 +220,22 @@ def solve_1d(
 class _SDEDrift(eqx.Module):
     """`f(x, t)` of a scalar SDE as an elementwise function of `x: [M]`."""
 
-    sde: AbstractSDE
+    sde: AbstractProcess
 
     def __call__(self, x, t):
         return self.sde.drift(x[:, None], t)[:, 0]
 
 
 def solve_sde_1d(
-    sde: AbstractSDE, p0: ArrayLike, grid: ArrayLike, ts: ArrayLike, **kwargs
+    sde: AbstractProcess, p0: ArrayLike, grid: ArrayLike, ts: ArrayLike, **kwargs
 ) -> Array:
     """`solve_1d` for the forward process of a `diffjax.sde` SDE acting on scalars.
 
     `ts` must lie in `[0, sde.T]`; keyword arguments go to `solve_1d`. With `ts[0] = 0` and
     `p0` a density of `x_0`, row `k` is the marginal `p_{ts[k]}` of `x_t = mean_coeff x_0 + std eps`.
     """
-    if not isinstance(sde, AbstractSDE):
-        raise TypeError(f"`sde` must be a diffjax.sde.AbstractSDE, got {type(sde).__name__}.")
+    if not isinstance(sde, AbstractProcess):
+        raise TypeError(f"`sde` must be a diffjax process (VPSDE, ...), got {type(sde).__name__}.")
     ts = _check_ts(ts)
     if is_concrete(ts) and (np.asarray(ts)[0] < 0.0 or np.asarray(ts)[-1] > sde.T * (1 + 1e-6)):
         raise ValueError(f"`ts` must lie in [0, T] = [0, {sde.T}], got {np.asarray(ts)}.")

@@ -2,11 +2,10 @@
 
 Bayes' rule for the noised marginals gives the conditional score
 `grad log p_t(x | y) = grad log p_t(x) + grad_x log p_t(y | x)`; guidance scales the second term.
-Each factory here returns a new model function `fn(x, t)` of the same form as the one it wraps
-(score or eps), so every sampler takes a guided model unchanged. The returned functions are
-`equinox.Module`s: the labels, the scale and the known data are array leaves, so under
-`eqx.filter_jit` (which the samplers use) changing them does not recompile; the wrapped
-functions are static (a new function is a new program).
+Each combinator takes a `Model` and returns a `Model` on the same process, so every sampler and
+the likelihood take a guided model unchanged, whatever the prediction kind. The labels, the
+scale and the known data are array leaves, so under `eqx.filter_jit` (which the samplers use)
+changing them does not recompile, and a traced weight works under `jit` and `vmap`.
 
 Shapes: `x: [B, *event]`, `t: [B]`, labels `y`: an integer scalar or `[B]`.
 """
@@ -21,22 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import (
-    AbstractForwardProcess,
-    ModelFunction,
-    as_float_array,
-    check_key,
-    expand_to,
-    is_concrete,
-)
+from diffjax._checks import as_float_array, check_key, expand_to, is_concrete
+from diffjax.model import Model
+from diffjax.processes import AbstractMarginal
 
-__all__ = [
-    "classifier_free",
-    "classifier_guidance",
-    "classifier_guidance_eps",
-    "drop_labels",
-    "inpainting_projection",
-]
+__all__ = ["classifier_free", "classifier_guidance", "drop_labels", "inpainting_projection"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -48,9 +36,20 @@ def _check_callable(fn, name: str) -> Callable:
     return fn
 
 
-def _check_process(process) -> AbstractForwardProcess:
-    if not isinstance(process, AbstractForwardProcess):
-        raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")
+def _check_model(model) -> Model:
+    if not isinstance(model, Model):
+        raise TypeError(
+            f"`model` must be a diffjax.Model, got {type(model).__name__}; wrap a network as "
+            "dj.Model(fn, process, prediction=...)."
+        )
+    return model
+
+
+def _check_process(process) -> AbstractMarginal:
+    if not isinstance(process, AbstractMarginal):
+        raise TypeError(
+            f"`process` must be a diffjax process or schedule, got {type(process).__name__}."
+        )
     return process
 
 
@@ -79,7 +78,7 @@ def _check_int(value, name: str) -> int:
 
 
 def _check_scale(scale, name: str) -> Array:
-    """A finite real scalar `>= 0` (Python, NumPy or a concrete 0-d array) as a float array."""
+    """A finite real scalar `>= 0` (Python, NumPy or a 0-d array, possibly traced) as a float array."""
     if isinstance(scale, bool) or not isinstance(
         scale, (int, float, np.integer, np.floating, np.ndarray, jax.Array)
     ):
@@ -134,98 +133,65 @@ def _classifier_grad(
 # ----------------------------------------------------------------------------- classifier guidance
 
 
-class _ClassifierGuidance(ModelFunction):
-    """`s(x, t) + scale grad_x log p_t(y | x)` (score form) or `eps - scale std(t) grad` (eps form)."""
+class _ClassifierGuidance(eqx.Module):
+    """`s(x, t) + scale grad_x log p_t(y | x)`, the guided score."""
 
-    model_fn: Callable
+    model: Model
     log_prob_fn: Callable
     y: Array
     scale: Array
-    process: AbstractForwardProcess | None  # given for the eps form
 
     def __call__(self, x, t):
         x = as_float_array(x, "x")
         t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
         y = _labels_for(self.y, x)
         grad = _classifier_grad(self.log_prob_fn, x, t, y, _max_label(self.y))
-        out = self.model_fn(x, t)
-        if self.process is None:
-            return out + self.scale * grad
-        std = expand_to(self.process.marginal(t)[1], x)
-        return out - self.scale * std * grad
+        return self.model.score(x, t) + self.scale * grad
 
 
 def classifier_guidance(
-    score_fn: Callable, log_prob_fn: Callable, y: ArrayLike, scale: float = 1.0
-) -> Callable:
-    r"""Score of `p_t(x) p_t(y | x)^scale`: `s(x, t) + scale grad_x log p_t(y | x)`.
+    model: Model, log_prob_fn: Callable, y: ArrayLike, scale: float = 1.0
+) -> Model:
+    r"""The model of `p_t(x) p_t(y | x)^scale`: score `s(x, t) + scale grad_x log p_t(y | x)`.
 
     Notes, topic 6: $\nabla \log p_t(x \mid y) = \nabla \log p_t(x) + \nabla_x \log p_t(y \mid x)$
     (Bayes' rule; Song et al. 2021, arXiv:2011.13456, eq. 14; Dhariwal & Nichol 2021,
-    arXiv:2105.05233). `scale = 1` is the exact conditional score when both the score and the
-    classifier are exact; `scale = 0` is unconditional; larger scales sample from
-    `p_t(x) p_t(y | x)^scale`, concentrated on confidently classified points.
+    arXiv:2105.05233, Algorithm 2 in eps form). `scale = 1` is the exact conditional score when
+    both the model and the classifier are exact; `scale = 0` is unconditional; larger scales
+    sample from `p_t(x) p_t(y | x)^scale`, concentrated on confidently classified points.
 
     Args:
-        score_fn: `fn(x, t) -> [B, *event]`, the unconditional score.
+        model: the unconditional `Model` (any prediction kind, any process).
         log_prob_fn: `fn(x, t) -> [B, C]`, a noise-conditional classifier (logits or
-            log-probabilities of `p_t(y | x_t)`) called with the same `t` as `score_fn`.
+            log-probabilities of `p_t(y | x_t)`) called with the model's process time `t`.
         y: integer labels in `0..C-1`, a scalar or `[B]`.
-        scale: guidance scale `>= 0`.
+        scale: guidance scale `>= 0` (may be traced).
 
     Returns:
-        `guided(x, t) -> [B, *event]`, a score function for `reverse_sde`,
-        `predictor_corrector`, `ode`, the Langevin samplers and the likelihood.
+        a score `Model` on `model.process`, for every sampler and the likelihood.
 
     Raises:
-        TypeError: a non-callable function, non-integer labels or a non-scalar scale.
-        ValueError: labels of rank > 1 or negative, a negative or non-finite scale; at the first
-            call (which the samplers make before compiling), labels that do not match the batch
+        TypeError: a non-Model, a non-callable classifier, non-integer labels or a non-scalar
+            scale.
+        ValueError: labels of rank > 1 or negative, a negative or non-finite scale; when a
+            sampler first evaluates it (before compiling), labels that do not match the batch
             or the classifier's number of classes.
     """
-    return _ClassifierGuidance(
-        _check_callable(score_fn, "score_fn"),
+    model = _check_model(model)
+    guided = _ClassifierGuidance(
+        model,
         _check_callable(log_prob_fn, "log_prob_fn"),
         _check_labels(y),
         _check_scale(scale, "scale"),
-        None,
     )
-
-
-def classifier_guidance_eps(
-    eps_fn: Callable, log_prob_fn: Callable, y: ArrayLike, process, scale: float = 1.0
-) -> Callable:
-    r"""Classifier guidance for an eps model: `eps(x, t) - scale std(t) grad_x log p_t(y | x)`.
-
-    Since `s = -eps / std(t)`, this is `classifier_guidance` written for the eps samplers (`ddpm`,
-    `ddim` with a schedule and integer `t`; `dpm_solver` with a `VPSDE` and float `t`); Dhariwal &
-    Nichol 2021 (arXiv:2105.05233), Algorithm 2. `process` must be the one the sampler uses, so
-    that `std(t)` matches `t`.
-
-    Args:
-        eps_fn: `fn(x, t) -> [B, *event]`, the unconditional noise prediction.
-        log_prob_fn: `fn(x, t) -> [B, C]` logits or log-probabilities, same `t` as `eps_fn`.
-        y: integer labels, a scalar or `[B]`.
-        process: the `DiscreteSchedule` or `AbstractSDE` that defines `std(t)`.
-        scale: guidance scale `>= 0`.
-
-    Returns:
-        `guided(x, t) -> [B, *event]`, an eps function.
-    """
-    return _ClassifierGuidance(
-        _check_callable(eps_fn, "eps_fn"),
-        _check_callable(log_prob_fn, "log_prob_fn"),
-        _check_labels(y),
-        _check_scale(scale, "scale"),
-        _check_process(process),
-    )
+    return Model(guided, model.process, "score")
 
 
 # ----------------------------------------------------------------------------- classifier-free
 
 
-class _ClassifierFree(ModelFunction):
-    eps_fn: Callable
+class _ClassifierFree(eqx.Module):
+    model: Model
     y: Array
     null_label: int = eqx.field(static=True)
     weight: Array
@@ -235,7 +201,7 @@ class _ClassifierFree(ModelFunction):
         b = x.shape[0]
         labels = _labels_for(self.y, x)
         t = jnp.broadcast_to(jnp.asarray(t), (b,))
-        both = self.eps_fn(
+        both = self.model(
             jnp.concatenate([x, x]),
             jnp.concatenate([t, t]),
             jnp.concatenate([labels, jnp.full_like(labels, self.null_label)]),
@@ -244,34 +210,35 @@ class _ClassifierFree(ModelFunction):
         return cond + self.weight * (cond - uncond)
 
 
-def classifier_free(
-    eps_fn: Callable, y: ArrayLike, null_label: int, weight: float = 1.0
-) -> Callable:
+def classifier_free(model: Model, y: ArrayLike, null_label: int, weight: float = 1.0) -> Model:
     r"""Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6).
 
     `eps~(x, t) = (1 + w) eps(x, t, y) - w eps(x, t, null)`: with `w = 0` the conditional model.
     In score form, `s~ = s(x | y) + w (s(x | y) - s(x))` is the score of
     `p_t(x | y) p_t(y | x)^w` with the implicit classifier `p_t(y | x) ∝ p_t(x | y) / p_t(x)`, so
-    `w` here is classifier guidance's `scale - 1`. Both branches go through the network in ONE
-    call on the `[2B, ...]` batch `[x, x]` with labels `[y, null]`. The same formula serves
-    score, eps, x0 or v models (all affine in eps at fixed `(x_t, t)`).
+    `w` here is classifier guidance's `scale - 1`. Every prediction kind is affine in eps at
+    fixed `(x_t, t)`, so the same combination of raw outputs serves eps, x0, score, v and
+    velocity models. Both branches go through the network in ONE call on the `[2B, ...]`
+    batch `[x, x]` with labels `[y, null]`.
 
     Args:
-        eps_fn: `fn(x, t, y) -> [B, *event]`, a model trained with label dropout to
-            `null_label` (`losses.dsm(..., label_dropout=p, null_label=...)`).
+        model: a conditional `Model`, called as `model(x, t, labels)`, trained with label
+            dropout to `null_label` (`losses.dsm(..., label_dropout=p, null_label=...)`).
         y: integer labels, a scalar or `[B]`.
         null_label: the label meaning "no condition" (`num_classes` for `diffjax.nets`).
-        weight: guidance weight `w >= 0`.
+        weight: guidance weight `w >= 0` (may be traced).
 
     Returns:
-        `guided(x, t) -> [B, *event]`.
+        a `Model` of the same prediction kind on the same process, without label argument.
     """
-    return _ClassifierFree(
-        _check_callable(eps_fn, "eps_fn"),
+    model = _check_model(model)
+    guided = _ClassifierFree(
+        model,
         _check_labels(y),
         _check_int(null_label, "null_label"),
         _check_scale(weight, "weight"),
     )
+    return Model(guided, model.process, model.prediction)
 
 
 def drop_labels(key, labels: ArrayLike, p: float, null_label: int) -> Array:
@@ -295,8 +262,8 @@ def drop_labels(key, labels: ArrayLike, p: float, null_label: int) -> Array:
 # ----------------------------------------------------------------------------- inpainting
 
 
-class _Replacement(ModelFunction):
-    process: AbstractForwardProcess
+class _Replacement(eqx.Module):
+    process: AbstractMarginal
     x_known: Array
     mask: Array
 
@@ -325,9 +292,9 @@ def inpainting_projection(process, x_known: ArrayLike, mask: ArrayLike) -> Calla
     """Replacement for imputation: put forward-noised known values back after each step.
 
     Returns `project(key, x, t) -> x` with, where `mask` is true,
-    `x = mean_coeff(t) x_known + std(t) eps` (a fresh draw of `q(x_t | x_0 = x_known)`) and the
+    `x = alpha(t) x_known + sigma(t) eps` (a fresh draw of `q(x_t | x_0 = x_known)`) and the
     unknown entries untouched (the "replacement" method, Song et al. 2021, arXiv:2011.13456,
-    App. I.2). At `t = 0` (`mean_coeff = 1`, `std = 0`) the known values are restored exactly.
+    App. I.2). At `t = 0` (`alpha = 1`, `sigma = 0`) the known values are restored exactly.
     Pass it as `projection=` to `samplers.ddpm`, `ddim`, `reverse_sde` or `predictor_corrector`.
 
     Replacement is approximate: the unknown entries follow the joint score at the noisy known
@@ -335,7 +302,7 @@ def inpainting_projection(process, x_known: ArrayLike, mask: ArrayLike) -> Calla
     are independent of the known ones.
 
     Args:
-        process: the schedule or SDE of the sampler.
+        process: the schedule or process of the sampler's model.
         x_known: `[B, *event]`, or any shape that broadcasts against the batch (`[*event]` is
             shared by the batch); the values where `mask` is true (others are ignored).
         mask: boolean, broadcastable against `x_known` and the batch; true where known.

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import (
+from diffjax._checks import (
     as_float_array,
     check_key,
     check_model,

@@ -1,7 +1,8 @@
 """Exact log-likelihood through the probability-flow ODE (notes, topic 5).
 
 The probability-flow ODE `dx/dt = f~(x, t) = f(x, t) - g(t)^2 s(x, t) / 2` (Song et al. 2021,
-arXiv:2011.13456, Sec. 4.3) moves samples of `p_t` to samples of `p_{t'}` deterministically, so
+arXiv:2011.13456, Sec. 4.3), i.e. `model.velocity` on any path (for a flow-matching model the
+ODE is the flow itself), moves samples of `p_t` to samples of `p_{t'}` deterministically, so
 it is a continuous normalising flow (Chen et al. 2018, "Neural Ordinary Differential
 Equations"). Along a trajectory `x_t`, the instantaneous change of variables reads
 `d log p_t(x_t) / dt = -div f~(x_t, t)`, hence
@@ -9,16 +10,18 @@ Equations"). Along a trajectory `x_t`, the instantaneous change of variables rea
     log p_{t_eps}(x) = log p_T(x_T) + int_{t_eps}^T div f~(x_t, t) dt,    x_{t_eps} = x,
 
 and `log p_T` is replaced by the prior `N(0, prior_std^2 I)` (App. D.2 of Song et al.). The
-state `(x_t, delta_logp)` is integrated in ONE `diffrax.diffeqsolve` from `t_eps` to `T`. The
-divergence is computed exactly (trace of the Jacobian, `D` Jacobian-vector products) or by
-Hutchinson's estimator `div f~ = E[v^T (df~/dx) v]` with probes `v` drawn once per solve and
-kept fixed along the trajectory (Grathwohl et al. 2019, FFJORD).
+state `(x_t, delta_logp)` is integrated in ONE `diffrax.diffeqsolve` from `t_eps` to `t_max`.
+The divergence estimator is an object: `Exact()` (trace of the Jacobian, `D`
+Jacobian-vector products) or `Hutchinson(num_probes, probe)`, `div f~ = E[v^T (df~/dx) v]` with
+probes `v` drawn once per solve and kept fixed along the trajectory (Grathwohl et al. 2019,
+FFJORD).
 
 Layout: the whole batch is one diffrax state (one adaptive step shared by the batch, with an
 error norm that is the worst example's, so every example meets the tolerances). Measured
 against a `jax.vmap` of per-example solves (`benchmarks/likelihood.py`): 4096 2-D points, exact
 divergence, 16-core CPU 0.80 s vs 0.91 s (compile 0.8 s vs 1.9 s); on an H100 11 ms vs 7 ms
-(launch-bound). The solve is compiled once per model function, SDE type, shapes and options.
+(launch-bound). The solve is compiled once per model structure, process type, shapes and
+options; new parameters or a new `t_eps` reuse it.
 
 `bits_per_dim` and `dequantize` convert between integer data in `{0, ..., data_range - 1}` and
 the model's continuous range, with every Jacobian written out.
@@ -39,21 +42,20 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import (
+from diffjax._checks import (
     as_float_array,
     check_choice,
     check_key,
-    check_positive_float,
     check_positive_int,
-    evals_per_step,
     is_concrete,
     sum_event,
 )
-from diffjax.sde import AbstractSDE
+from diffjax.model import Model
+from diffjax.samplers import _driver as drv
+from diffjax.samplers.sde import _reraise_solver_error
 
-__all__ = ["bits_per_dim", "dequantize", "log_prob"]
+__all__ = ["Exact", "Hutchinson", "bits_per_dim", "dequantize", "log_prob"]
 
-DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
 # Exact divergence: basis tangents pushed through the linearised drift in chunks of this size,
 # bounding memory by `B * D * _EXACT_CHUNK` floats.
@@ -68,6 +70,34 @@ def _batch_max_rms(err) -> Array:
     it would get from its own solve.
     """
     return jnp.max(jax.vmap(optx.rms_norm)(err))
+
+
+class Exact(eqx.Module):
+    """The exact divergence `tr(df~/dx)` from `D` Jacobian-vector products per evaluation.
+
+    Memory `O(B D min(D, 64))`: for small `D`.
+    """
+
+
+class Hutchinson(eqx.Module):
+    """Hutchinson's unbiased estimate `E[v^T (df~/dx) v]`, `num_probes` JVPs per evaluation.
+
+    `probe`: `"rademacher"` (entries +-1, lowest variance) or `"gaussian"` (`N(0, I)`); the
+    probes are drawn once per solve from the `key` of `log_prob`.
+    """
+
+    num_probes: int = eqx.field(static=True, default=1)
+    probe: str = eqx.field(static=True, default="rademacher")
+
+    def __check_init__(self):
+        check_positive_int(self.num_probes, "num_probes")
+        check_choice(self.probe, "probe", PROBES)
+
+    def draw(self, key, x: Array) -> Array:
+        shape = (self.num_probes,) + x.shape
+        if self.probe == "rademacher":
+            return jax.random.rademacher(key, shape, dtype=x.dtype)
+        return jax.random.normal(key, shape, dtype=x.dtype)
 
 
 def _divergence_exact(jvp_fn: Callable, x: Array) -> Array:
@@ -91,135 +121,111 @@ def _divergence_hutchinson(jvp_fn: Callable, probes: Array) -> Array:
 
 
 def log_prob(
-    score_fn: Callable,
-    sde: AbstractSDE,
+    model: Model,
     x: ArrayLike,
     *args,
     key=None,
-    divergence: str = "hutchinson",
-    num_probes: int = 1,
-    probe: str = "rademacher",
-    solver: diffrax.AbstractERK | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    divergence: Exact | Hutchinson | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     t_eps: float = 1e-5,
+    t_max: float | None = None,
     max_steps: int = 4096,
     prior_log_prob_fn: Callable | None = None,
+    process=None,
 ) -> tuple[Array, dict]:
     r"""`log p(x)` per example through the probability-flow ODE: `[B, *event] -> [B]`.
 
     Solves `dx_t/dt = f~(x_t, t)`, `d delta/dt = div f~(x_t, t)` from `(x, 0)` at `t_eps` to
-    `(z, delta)` at `T`, with `f~ = f - g^2 s / 2` (`sde.probability_flow_drift`), and returns
+    `(z, delta)` at `t_max`, with `f~ = model.velocity`, and returns
     `log p(x) = prior_log_prob(z) + delta`: the log-density of the model's `p_{t_eps}`, the
     marginal at the cut-off time (Song et al. 2021, App. D.2).
 
     Main arguments:
-        score_fn: the model, `score_fn(x [B, *event], t [B], *args) -> [B, *event]`; a closure
-            over parameters is differentiable (`jax.grad` through diffrax's default
-            `RecursiveCheckpointAdjoint`).
-        sde: the forward SDE (`VPSDE`, `SubVPSDE`, `VESDE`).
+        model: a `Model` on a continuous process (any prediction kind); differentiable in its
+            parameters (`jax.grad` through diffrax's default `RecursiveCheckpointAdjoint`).
         x: data `[B, *event]`, at least one event axis (`[B, 1]` for scalars).
-        *args: extra arguments for `score_fn` (e.g. labels `y [B]`).
-        key: PRNG key for the Hutchinson probes (required for `divergence="hutchinson"`).
-        divergence: `"exact"` (trace of the Jacobian from `D` Jacobian-vector products per
-            evaluation, cost `O(D)` model JVPs, memory `O(B D min(D, 64))`: for small `D`) or
-            `"hutchinson"` (unbiased estimate, `num_probes` JVPs per evaluation, never the
-            Jacobian).
+        *args: extra arguments for the model (e.g. labels `y [B]`).
+        key: PRNG key for the Hutchinson probes (required for `Hutchinson`).
+        divergence: `Hutchinson()` (default) or `Exact()`.
 
     Other arguments:
-        num_probes: Hutchinson probes per example, averaged; drawn once per solve.
-        probe: `"rademacher"` (entries +-1, lowest variance) or `"gaussian"` (`N(0, I)`).
-        solver: an adaptive explicit Runge-Kutta diffrax solver; default `diffrax.Tsit5()`.
-        rtol, atol: tolerances of the PID step-size controller (first step `(T - t_eps) / 100`).
-            The step is shared by the batch; its error norm is the largest per-example RMS, so
-            each example meets them.
-        t_eps: start time in `(0, T)`. Default `1e-5` as in Song et al. 2021 (App. D.2): the
-            result is `log p_{t_eps}`, which differs from `log p_0` by `O(std(t_eps)^2)` times
-            the data's curvature (for the VP SDE `std(1e-5)^2 = 1e-6`), while `t_eps -> 0`
-            makes the score of a point-mass-like data distribution singular.
-        max_steps: maximum number of solver steps (diffrax raises if reached).
-        prior_log_prob_fn: `z [B, *event] -> [B]` replacing `sde.prior_log_prob`; e.g. the exact
-            `p_T` of a reference distribution in tests, since `N(0, prior_std^2 I)` is only
-            approximately `p_T` (gap about `mean_coeff(T) |mu|` per dimension for data mean `mu`).
+        solver: an adaptive diffrax solver; default `diffrax.Tsit5()`.
+        stepsize_controller: default `PIDController(rtol=1e-5, atol=1e-5)` with an error norm
+            that is the largest per-example RMS (the batch is one state sharing one step, so
+            each example meets the tolerances; a `vmap` of single examples gives the same
+            log-densities to the tolerances, not to round-off).
+        t_eps: start time in `(0, t_max)`, may be traced (checked at run time). Default `1e-5`
+            (Song et al. 2021, App. D.2): the result is `log p_{t_eps}`, which differs from
+            `log p_0` by `O(sigma(t_eps)^2)` times the data's curvature.
+        t_max: end time (default `process.t_max`).
+        max_steps: maximum number of solver steps.
+        prior_log_prob_fn: `z [B, *event] -> [B]` replacing `process.prior_log_prob`; e.g. the
+            exact `p_T` of a reference distribution in tests, since `N(0, prior_std^2 I)` is only
+            approximately `p_T` (gap about `alpha(T) |mu|` per dimension for data mean `mu`).
+        process: optional process to integrate on (the model is moved to it by log-SNR matching).
 
     Returns:
-        `(logp [B], info)` with `info` holding `nfe` (score-model evaluations, each with its
-        JVPs: `num_steps * evaluations per step` plus the start), `num_steps` (accepted and
-        rejected), `z` (the latent `x_T`, `[B, *event]`), `prior_log_prob` `[B]` and
-        `delta_logp` `[B]` (the change-of-volume term `int div f~ dt`).
+        `(logp [B], info)` with `info` holding `nfe` (model evaluations, each with its JVPs),
+        `num_steps` (accepted and rejected), `z` (the latent, `[B, *event]`), `prior_log_prob`
+        `[B]` and `delta_logp` `[B]` (`int div f~ dt`).
 
     Raises:
         TypeError / ValueError: naming the argument, before compilation.
     """
-    if not callable(score_fn):
-        raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}.")
-    if not isinstance(sde, AbstractSDE):
-        raise TypeError(f"`sde` must be an AbstractSDE (VPSDE, ...), got {type(sde).__name__}.")
     x = as_float_array(x, "x")
     if x.ndim < 2:
         raise ValueError(
             f"`x` must have shape [B, *event] with at least one event axis "
             f"([B, 1] for scalars), got {x.shape}."
         )
-    divergence = check_choice(divergence, "divergence", DIVERGENCES)
-    probe = check_choice(probe, "probe", PROBES)
-    num_probes = check_positive_int(num_probes, "num_probes")
-    max_steps = check_positive_int(max_steps, "max_steps")
-    rtol = check_positive_float(rtol, "rtol")
-    atol = check_positive_float(atol, "atol")
-    t_eps = as_float_array(t_eps, "t_eps")
-    if t_eps.ndim != 0:
-        raise ValueError(f"`t_eps` must be a scalar, got shape {t_eps.shape}.")
-    if is_concrete(t_eps) and not 0.0 < float(t_eps) < sde.T:
-        raise ValueError(f"`t_eps` must lie in (0, T) = (0, {sde.T}), got {float(t_eps)}.")
-    solver = diffrax.Tsit5() if solver is None else solver
-    if not isinstance(solver, diffrax.AbstractERK):
+    if x.dtype == jnp.bfloat16 or x.dtype == jnp.float16:
+        x = x.astype(jnp.float32)  # the solve runs in float32 at least
+    divergence = Hutchinson() if divergence is None else divergence
+    if not isinstance(divergence, Exact | Hutchinson):
         raise TypeError(
-            f"`solver` must be an explicit Runge-Kutta diffrax solver with an error estimate "
-            f"(e.g. diffrax.Tsit5(), diffrax.Dopri5()), got {type(solver).__name__}."
+            "`divergence` must be likelihood.Exact() or likelihood.Hutchinson(num_probes, probe), "
+            f"got {divergence!r}."
         )
-    evals_at_start, per_step = evals_per_step(solver)
+    max_steps = check_positive_int(max_steps, "max_steps")
+    solver = drv.check_solver(solver, diffrax.Tsit5())
+    controller = drv.check_controller(
+        stepsize_controller, diffrax.PIDController(rtol=1e-5, atol=1e-5, norm=_batch_max_rms)
+    )
+    if not isinstance(solver, diffrax.AbstractAdaptiveSolver) and isinstance(
+        controller, diffrax.AbstractAdaptiveStepSizeController
+    ):
+        raise TypeError(
+            f"`solver` {type(solver).__name__} has no error estimate for the adaptive "
+            "`stepsize_controller` (use e.g. diffrax.Tsit5(), diffrax.Dopri5())."
+        )
+    evals_at_start, per_step = drv.evals_per_step(solver)
     if prior_log_prob_fn is not None and not callable(prior_log_prob_fn):
         raise TypeError(
             f"`prior_log_prob_fn` must be callable, got {type(prior_log_prob_fn).__name__}."
         )
-
+    model = _check_likelihood_model(model, x, args, process)
+    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
     batch = x.shape[0]
-    t_batch = jax.ShapeDtypeStruct((batch,), x.dtype)
-    try:
-        out = jax.eval_shape(score_fn, x, t_batch, *args)
-    except Exception as err:  # noqa: BLE001 -- report which argument failed, keep the cause
-        raise ValueError(
-            f"`score_fn` could not be called as score_fn(x {x.shape}, t [{batch}], *args): {err}"
-        ) from err
-    if not hasattr(out, "shape") or tuple(out.shape) != x.shape:
-        raise ValueError(
-            f"`score_fn(x, t)` must return an array of the shape of `x` {x.shape}, "
-            f"got {getattr(out, 'shape', type(out).__name__)}."
-        )
-    prior_out = jax.eval_shape(prior_log_prob_fn or sde.prior_log_prob, x)
+    prior_out = jax.eval_shape(prior_log_prob_fn or model.process.prior_log_prob, x)
     if not hasattr(prior_out, "shape") or tuple(prior_out.shape) != (batch,):
         raise ValueError(
             f"`prior_log_prob_fn(z)` must return shape [B] = ({batch},), "
             f"got {getattr(prior_out, 'shape', type(prior_out).__name__)}."
         )
-
-    if divergence == "hutchinson":
+    probes = None
+    if isinstance(divergence, Hutchinson):
         if key is None:
-            raise ValueError("`key` is required for divergence='hutchinson' (the probes).")
-        key = check_key(key)
-        shape = (num_probes,) + x.shape
-        if probe == "rademacher":
-            probes = jax.random.rademacher(key, shape, dtype=x.dtype)
-        else:
-            probes = jax.random.normal(key, shape, dtype=x.dtype)
-    else:
-        probes = None
+            raise ValueError("`key` is required for the Hutchinson divergence (the probes).")
+        probes = divergence.draw(check_key(key), x)
 
-    logp, z, prior, delta_logp, num_steps = _solve(
-        score_fn, sde, x, args, probes, solver, rtol, atol, t_eps.astype(x.dtype), max_steps,
-        prior_log_prob_fn,
-    )  # fmt: skip
+    try:
+        logp, z, prior, delta_logp, num_steps = _solve(
+            model, x, args, probes, solver, controller, t_eps.astype(x.dtype),
+            t_max.astype(x.dtype), max_steps, prior_log_prob_fn,
+        )  # fmt: skip
+    except Exception as err:
+        _reraise_solver_error(err, max_steps)
     info = {
         "nfe": num_steps * per_step + evals_at_start,
         "num_steps": num_steps,
@@ -230,15 +236,41 @@ def log_prob(
     return logp, info
 
 
+def _check_likelihood_model(model, x, args, process) -> Model:
+    """A continuous `Model` whose output has the shape of `x` (checked abstractly)."""
+    if not isinstance(model, Model):
+        raise TypeError(
+            f"`model` must be a diffjax.Model on a continuous process, got {type(model).__name__}."
+        )
+    if process is not None:
+        model = model.on(process)
+    if not model.is_continuous:
+        raise TypeError(
+            "`log_prob` integrates the PF-ODE: the model must be on a continuous process."
+        )
+    t_batch = jax.ShapeDtypeStruct(x.shape[:1], x.dtype)
+    try:
+        out = jax.eval_shape(model, x, t_batch, *args)
+    except Exception as err:  # noqa: BLE001 -- report which argument failed, keep the cause
+        raise ValueError(
+            f"`model` could not be called as model(x {x.shape}, t [{x.shape[0]}], *args): {err}"
+        ) from err
+    if not hasattr(out, "shape") or tuple(out.shape) != x.shape:
+        raise ValueError(
+            f"`model(x, t)` must return an array of the shape of `x` {x.shape}, "
+            f"got {getattr(out, 'shape', type(out).__name__)}."
+        )
+    return model
+
+
 @eqx.filter_jit
-def _solve(score_fn, sde, x, args, probes, solver, rtol, atol, t_eps, max_steps, prior_log_prob_fn):
-    """The augmented PF-ODE solve, compiled once per model, SDE type, shapes and options."""
+def _solve(model, x, args, probes, solver, controller, t_eps, t_max, max_steps, prior_log_prob_fn):
+    """The augmented PF-ODE solve, compiled once per model structure, process type, shapes, options."""
 
     def vector_field(t, state, fn_args):
         x_t, _ = state
-        probes_, score_args = fn_args
-        drift = lambda y: sde.probability_flow_drift(score_fn, y, t, *score_args)
-        dx, jvp_fn = jax.linearize(drift, x_t)
+        probes_, model_args = fn_args
+        dx, jvp_fn = jax.linearize(lambda y: model.velocity(y, t, *model_args), x_t)
         if probes_ is None:
             div = _divergence_exact(jvp_fn, x_t)
         else:
@@ -250,16 +282,16 @@ def _solve(score_fn, sde, x, args, probes, solver, rtol, atol, t_eps, max_steps,
         diffrax.ODETerm(vector_field),
         solver,
         t0=t_eps,
-        t1=jnp.asarray(sde.T, x.dtype),
-        dt0=(sde.T - t_eps) / 100,
+        t1=t_max,
+        dt0=(t_max - t_eps) / 100,
         y0=y0,
         args=(probes, args),
         saveat=diffrax.SaveAt(t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_batch_max_rms),
+        stepsize_controller=controller,
         max_steps=max_steps,
     )
     z, delta_logp = sol.ys[0][-1], sol.ys[1][-1]
-    prior = sde.prior_log_prob(z) if prior_log_prob_fn is None else prior_log_prob_fn(z)
+    prior = model.process.prior_log_prob(z) if prior_log_prob_fn is None else prior_log_prob_fn(z)
     return prior + delta_logp, z, prior, delta_logp, sol.stats["num_steps"]
 
 

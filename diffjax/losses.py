@@ -5,11 +5,12 @@ scalar `loss` (the mean over the batch of a per-example loss) and a dict of scal
 `jax.grad(loss_fn, has_aux=True)` differentiates it. The key is split inside: the same key
 gives the same times and noise, whatever the sharding of the batch.
 
-Forward process: `x_t = a x_0 + s eps` with `a = mean_coeff(t)`, `s = std(t)`. A network
-predicts one of `forward.PREDICTIONS` (`eps`, `x0`, `score`, `v`); all four are affine in
+Forward process: `x_t = a x_0 + s eps` with `a = alpha(t)`, `s = sigma(t)`. A network
+predicts one of `model.PREDICTIONS` (`eps`, `x0`, `score`, `v`, `velocity`); all are affine in
 `eps` at fixed `(x_t, t)`, so an error in any of them is a `t`-dependent multiple of the eps
 error `eps_hat - eps`:
-    x0: `s^2 / a^2`,  score: `1 / s^2`,  v: `(a^2 + s^2)^2 / a^2`  (times `||eps_hat - eps||^2`).
+    x0: `s^2 / a^2`,  score: `1 / s^2`,  v: `(a^2 + s^2)^2 / a^2`,
+    velocity: `(a s' - s a')^2 / a^2`  (times `||eps_hat - eps||^2`).
 Every loss below is `E_t[w(t) ||eps_hat - eps||^2]` for some positive `w(t)`, so its minimiser
 over functions is `eps_hat(x_t, t) = E[eps | x_t]`, i.e. the exact score
 `grad log p_t(x_t) = -E[eps | x_t] / s`, for every prediction type and weighting.
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import (
+from diffjax._checks import (
     LOG_2PI,
     as_float_array,
     check_callable,
@@ -36,16 +37,11 @@ from diffjax._core import (
     expand_to,
     sum_event,
 )
-from diffjax.forward import (
-    PREDICTIONS,
-    eps_from_prediction,
-    prediction_from_eps,
-    q_posterior,
-    q_sample,
-)
+from diffjax.forward import q_posterior, q_sample
 from diffjax.guidance import drop_labels
+from diffjax.model import PREDICTIONS, Model, from_x0_eps, to_x0_eps
+from diffjax.processes import AbstractProcess
 from diffjax.schedules import DiscreteSchedule
-from diffjax.sde import AbstractSDE
 
 __all__ = [
     "WEIGHTINGS",
@@ -118,10 +114,10 @@ def _apply(apply_fn, params, x_t: Array, t: Array, labels, name: str = "apply_fn
 
 def _denoising_error(
     out: Array,
+    x0: Array,
     eps: Array,
     x_t: Array,
-    a: Array,
-    s: Array,
+    coeffs: tuple,
     *,
     prediction: str,
     weighting: str,
@@ -130,14 +126,14 @@ def _denoising_error(
 ) -> tuple[Array, Array]:
     """Per-example weighted error `[B]` and unweighted eps error `[B]` (mean over the event).
 
-    `a`, `s` are broadcast against `x_t`. With `weighting="simple"` the error is measured on the
-    network's own target (`prediction_from_eps(prediction, eps)`); otherwise on the eps error
-    with the per-example weight `eps_weight` `[B]`.
+    `coeffs = (a, s, a', s')` are broadcast against `x_t`. With `weighting="simple"` the error
+    is measured on the network's own target; otherwise on the eps error with the per-example
+    weight `eps_weight` `[B]`.
     """
-    eps_hat = eps_from_prediction(prediction, out, x_t, a, s)
+    eps_hat = to_x0_eps(prediction, out, x_t, *coeffs)[1]
     eps_sq = jnp.mean((eps_hat - eps).reshape(eps.shape[0], -1) ** 2, axis=1)
     if weighting == "simple":
-        sq = (out - prediction_from_eps(prediction, eps, x_t, a, s)) ** 2
+        sq = (out - from_x0_eps(prediction, x0, eps, *coeffs)) ** 2
     else:
         sq = expand_to(eps_weight, x_t) * (eps_hat - eps) ** 2
     per_example = sum_event(sq)
@@ -146,7 +142,7 @@ def _denoising_error(
     return per_example, eps_sq
 
 
-def _likelihood_times(sde: AbstractSDE, key, batch: int, t_eps: float) -> tuple[Array, Array]:
+def _likelihood_times(sde: AbstractProcess, key, batch: int, t_eps: float) -> tuple[Array, Array]:
     """Times with density `p(t) ∝ g(t)^2 / s(t)^2` on `[t_eps, T]` and `h(t) / p(t)`.
 
     The CDF of `h = g^2 / s^2` is tabulated with the trapezoid rule on a geometric grid
@@ -169,18 +165,18 @@ def _likelihood_times(sde: AbstractSDE, key, batch: int, t_eps: float) -> tuple[
 
 
 def _regression_loss(
-    params, apply_fn, x0, t, eps, a, s, labels, prediction, weighting, eps_weight, reduce_mean
+    params, apply_fn, x0, t, eps, coeffs, labels, prediction, weighting, eps_weight, reduce_mean
 ) -> tuple[Array, dict[str, Array]]:
-    """Noise `x_0` to `x_t = a x_0 + s eps` (`a, s`: `[B]`), regress the network on its target."""
-    a, s = expand_to(a, x0), expand_to(s, x0)
-    x_t = a * x0 + s * eps
+    """Noise `x_0` to `x_t = a x_0 + s eps` (`coeffs = (a, s, a', s')`: `[B]`), regress the network."""
+    coeffs = tuple(None if c is None else expand_to(c, x0) for c in coeffs)
+    x_t = coeffs[0] * x0 + coeffs[1] * eps
     out = _apply(apply_fn, params, x_t, t, labels)
     per_example, eps_sq = _denoising_error(
         out,
+        x0,
         eps,
         x_t,
-        a,
-        s,
+        coeffs,
         prediction=prediction,
         weighting=weighting,
         eps_weight=eps_weight,
@@ -195,7 +191,7 @@ def dsm(
     apply_fn: Callable,
     key,
     x0: ArrayLike,
-    sde: AbstractSDE,
+    process: AbstractProcess,
     *,
     prediction: str = "eps",
     weighting: str = "simple",
@@ -207,7 +203,7 @@ def dsm(
     snr_gamma: float = 5.0,
     reduce_mean: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
-    r"""Denoising score matching for a continuous-time SDE.
+    r"""Denoising score matching on a continuous Gaussian path (any process, any prediction kind).
 
     Draws `t ~ U[t_eps, T]` and `eps ~ N(0, I)` from `key`, forms `x_t = a x_0 + s eps`, and
     returns the batch mean of `w(t) ||eps_hat - eps||^2` (per example: summed over the event, or
@@ -229,7 +225,9 @@ def dsm(
 
     `t_eps = 1e-5` follows the likelihood-training default of score_sde; samplers stop at a
     larger cut-off (1e-3). With `prediction="score"` and `"simple"` the weight `1/s^2` is large
-    near `t_eps`.
+    near `t_eps`: on VE (large `sigma_max`) it does not train; use `"likelihood"`.
+    With `prediction="velocity"` and `"simple"` this is conditional flow matching (Lipman et
+    al. 2023, arXiv:2210.02747): the target is `a' x_0 + s' eps`.
 
     Args:
         params: the network parameters (any pytree).
@@ -237,8 +235,8 @@ def dsm(
             `apply_fn(params, x_t, t, labels)` when `labels` is given; `t: [B]` float.
         key: a PRNG key.
         x0: `[B, *event]` clean data.
-        sde: an `AbstractSDE`.
-        prediction: what the network outputs, one of `forward.PREDICTIONS`.
+        process: a continuous process (`VPSDE`, `EDM`, `RectifiedFlow`, ...).
+        prediction: what the network outputs, one of `model.PREDICTIONS`.
         weighting: one of `WEIGHTINGS`.
         labels: optional `[B]` integer labels for a class-conditional network.
         label_dropout, null_label: for classifier-free guidance (Ho & Salimans 2022), each
@@ -253,8 +251,11 @@ def dsm(
     check_callable(apply_fn, "apply_fn")
     key = check_key(key)
     x0 = _check_data(x0)
-    if not isinstance(sde, AbstractSDE):
-        raise TypeError(f"`sde` must be an AbstractSDE (diffjax.sde), got {type(sde).__name__}.")
+    if not isinstance(process, AbstractProcess):
+        raise TypeError(
+            f"`process` must be a continuous process (VPSDE, EDM, ...), got {type(process).__name__}."
+        )
+    sde = process
     check_choice(prediction, "prediction", PREDICTIONS)
     check_choice(weighting, "weighting", WEIGHTINGS)
     t_eps = check_t_eps(t_eps, sde.T)
@@ -272,7 +273,8 @@ def dsm(
     else:
         t = jax.random.uniform(t_key, (batch,), x0.dtype, t_eps, sde.T)
     eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
-    a, s = sde.marginal(t)
+    coeffs = sde.marginal_derivatives(t)
+    a, s = coeffs[:2]
     # Weight on ||eps_hat - eps||^2 (unused for "simple", which uses the network's own target).
     eps_weight = None
     if weighting == "likelihood":
@@ -284,7 +286,7 @@ def dsm(
     elif weighting == "min_snr":
         eps_weight = jnp.minimum(1.0, snr_gamma * s**2 / a**2)
     return _regression_loss(
-        params, apply_fn, x0, t, eps, a, s, labels, prediction, weighting, eps_weight, reduce_mean
+        params, apply_fn, x0, t, eps, coeffs, labels, prediction, weighting, eps_weight, reduce_mean
     )
 
 
@@ -316,22 +318,21 @@ def ddpm(
     x0 = _check_data(x0)
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"`schedule` must be a DiscreteSchedule, got {type(schedule).__name__}.")
-    check_choice(prediction, "prediction", PREDICTIONS)
+    check_choice(prediction, "prediction", PREDICTIONS[:4])
     labels = _check_labels(labels, x0.shape[0])
     key, labels = _dropout_labels(key, labels, label_dropout, null_label)
 
     t_key, eps_key = jax.random.split(key)
     t = jax.random.randint(t_key, (x0.shape[0],), 1, schedule.num_steps + 1)
     eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
-    a, s = schedule.marginal(t)
+    coeffs = schedule.marginal(t) + (None, None)
     return _regression_loss(
-        params, apply_fn, x0, t, eps, a, s, labels, prediction, "simple", None, reduce_mean
+        params, apply_fn, x0, t, eps, coeffs, labels, prediction, "simple", None, reduce_mean
     )
 
 
 def ddpm_vlb(
-    eps_fn: Callable,
-    schedule: DiscreteSchedule,
+    model: Model,
     key,
     x0: ArrayLike,
     *,
@@ -361,8 +362,7 @@ def ddpm_vlb(
     dominate memory: a U-Net on 8x8 digits takes about 1 GB per chunk).
 
     Args:
-        eps_fn: `eps_fn(x_t, t) -> [B, *event]`, integer `t: [B]` in `1..T`.
-        schedule: a `DiscreteSchedule`.
+        model: a `Model` on a `DiscreteSchedule` (called with integer `t: [B]` in `1..T`).
         key: a PRNG key.
         x0: `[B, *event]`.
         return_terms: also return the terms in nats: `{"prior": [B], "diffusion": [B],
@@ -371,11 +371,13 @@ def ddpm_vlb(
     Returns:
         `bpd [B]`, or `(bpd, terms)`.
     """
-    check_callable(eps_fn, "eps_fn")
+    if not isinstance(model, Model) or not isinstance(model.process, DiscreteSchedule):
+        raise TypeError(
+            f"`model` must be a diffjax.Model on a DiscreteSchedule, got {model!r:.80}."
+        )
+    schedule = model.process
     key = check_key(key)
     x0 = _check_data(x0)
-    if not isinstance(schedule, DiscreteSchedule):
-        raise TypeError(f"`schedule` must be a DiscreteSchedule, got {type(schedule).__name__}.")
     batch, dim, num_steps = x0.shape[0], math.prod(x0.shape[1:]), schedule.num_steps
     if chunk_size is None:
         chunk_size = max(1, min(num_steps, 4096 // batch))
@@ -384,14 +386,13 @@ def ddpm_vlb(
     def x0_hat_at(t: Array, noise: Array) -> tuple[Array, Array]:
         t_b = jnp.full((batch,), t)
         x_t = q_sample(schedule, x0, t_b, noise)
-        eps_hat = eps_fn(x_t, t_b)
-        if not hasattr(eps_hat, "shape") or eps_hat.shape != x0.shape:
+        x0_hat = model.x0(x_t, t_b)
+        if not hasattr(x0_hat, "shape") or x0_hat.shape != x0.shape:
             raise ValueError(
-                f"`eps_fn` must return an array of the shape of x0 {x0.shape}, "
-                f"got {getattr(eps_hat, 'shape', type(eps_hat).__name__)}."
+                f"`model` must return an array of the shape of x0 {x0.shape}, "
+                f"got {getattr(x0_hat, 'shape', type(x0_hat).__name__)}."
             )
-        a, s = schedule.marginal(t)
-        return x_t, prediction_from_eps("x0", eps_hat, x_t, a, s)
+        return x_t, x0_hat
 
     def step_kl(args) -> Array:
         t, k = args

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import as_float_array, check_key, check_positive_int
+from diffjax._checks import as_float_array, check_key, check_positive_int
 
 __all__ = ["energy_distance", "mmd", "sliced_wasserstein"]
 

@@ -14,15 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import AbstractForwardProcess, check_positive_int, concrete
+from diffjax._checks import check_positive_int, concrete
+from diffjax.processes import AbstractMarginal
 
 __all__ = ["DiscreteSchedule", "constant", "cosine", "from_betas", "linear"]
 
 
-class DiscreteSchedule(AbstractForwardProcess):
+class DiscreteSchedule(AbstractMarginal):
     """A DDPM schedule: `betas[t-1] = beta_t` for `t = 1..T`, everything else precomputed.
 
-    All tables are indexed by the step `t` directly and have length `T + 1`; entry 0 of the
+    The same marginal interface as the continuous processes (`marginal`, `log_snr`, the prior),
+    with integer `t`. All tables are indexed by the step `t` directly and have length `T + 1`; entry 0 of the
     per-step tables (`beta`, posterior coefficients) is a placeholder that is never used.
 
     Attributes:

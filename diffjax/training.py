@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array
 
-from diffjax._core import check_positive_int
+from diffjax._checks import check_positive_int
 
 __all__ = [
     "Checkpointer",

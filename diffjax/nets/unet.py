@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import check_positive_int
+from diffjax._checks import check_positive_int
 from diffjax.nets.embeddings import TimeLabelEmbedding
 from diffjax.nets.mlp import check_hidden
 

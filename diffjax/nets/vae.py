@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._core import check_positive_int
+from diffjax._checks import check_positive_int
 from diffjax.nets.classifier import check_event_shape
 from diffjax.nets.mlp import check_hidden, check_input
 

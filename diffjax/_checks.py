@@ -1,16 +1,15 @@
-"""Shared private helpers: the forward-process interface, argument checks, broadcasting.
+"""The few argument checks shared by the public functions, and broadcasting helpers.
 
-Everything here is an implementation detail; the public names are re-exported from the
-topical modules (`diffjax.forward.AbstractForwardProcess`).
+Checks run at the boundary, before anything compiles: a wrong type is a `TypeError`, a wrong
+shape or range a `ValueError`, each naming the argument and what was expected. Values that are
+only known under `jit` are checked with `eqx.error_if` where they are used.
 """
 
 from __future__ import annotations
 
-import abc
 import math
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,6 +115,16 @@ def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
     return tuple(check_positive_int(s, f"{name}[{i}]") for i, s in enumerate(shape))
 
 
+def check_scalar(value, name: str, *, positive: bool = False) -> float:
+    """A finite Python/NumPy real scalar (positive if asked) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
+    if not np.isfinite(value) or (positive and value <= 0):
+        kind = "positive finite" if positive else "finite"
+        raise ValueError(f"`{name}` must be a {kind} float, got {value}.")
+    return float(value)
+
+
 def check_positive_float(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
@@ -184,52 +193,3 @@ def evals_per_step(solver) -> tuple[int, int]:
         "`solver` must be diffrax.Euler, an explicit Runge-Kutta solver (Heun, Tsit5, ...) or a "
         f"stochastic Runge-Kutta solver (SEA, ShARK, SRA1, ...); got {type(solver).__name__}."
     )
-
-
-class ModelFunction(eqx.Module):
-    """A model function `fn(x, t, ...)` as a pytree: its arrays are leaves, so a compiled sampler
-    taking it is reused when only those arrays change (a guidance weight, a process' parameters).
-
-    Hashed and compared by identity, like a closure, so that `jax.jit(fn)` also works (its
-    arrays are then compile-time constants).
-    """
-
-    def __hash__(self):
-        return id(self)
-
-    def __eq__(self, other):
-        return self is other
-
-
-class AbstractForwardProcess(eqx.Module):
-    """A forward noising process with Gaussian marginals `x_t = mean_coeff(t) x_0 + std(t) eps`.
-
-    Implemented by the discrete schedules (`t` an integer step) and the continuous SDEs
-    (`t` a time in `[0, T]`); `forward`, `distributions` and the samplers only use this
-    interface.
-    """
-
-    @abc.abstractmethod
-    def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
-        """`(mean_coeff(t), std(t))` of `q(x_t | x_0) = N(mean_coeff x_0, std^2 I)`; shapes of `t`."""
-
-    @abc.abstractmethod
-    def check_time(self, t: ArrayLike, name: str = "t") -> Array:
-        """Validate `t` (dtype, and range when concrete) and return it as an array."""
-
-    @property
-    @abc.abstractmethod
-    def prior_std(self) -> float:
-        """Standard deviation of the isotropic Gaussian prior `p_T`."""
-
-    def prior_sample(self, key, shape) -> Array:
-        """Draw `x_T ~ N(0, prior_std^2 I)` of the given full shape `[B, *event]`."""
-        key = check_key(key)
-        return self.prior_std * jax.random.normal(key, tuple(shape))
-
-    def prior_log_prob(self, z: ArrayLike) -> Array:
-        """`log N(z | 0, prior_std^2 I)` per example: `[B, *event] -> [B]`."""
-        z = as_float_array(z, "z")
-        if z.ndim < 1:
-            raise ValueError(f"`z` must have shape [B, *event], got {z.shape}.")
-        return standard_normal_log_prob(z, self.prior_std)

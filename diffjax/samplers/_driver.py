@@ -1,0 +1,300 @@
+"""What every sampler shares: argument checks, the time grid, the prior draw, projections, saved
+trajectories and the result type. Private; the public samplers call these at their boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from diffjax._checks import check_choice, check_key, check_shape, is_concrete
+from diffjax.model import Model
+from diffjax.processes import AbstractProcess
+
+GRIDS = ("time", "logsnr", "karras")
+
+
+class SamplerInfo(NamedTuple):
+    """What a sampler reports besides the samples.
+
+    Attributes:
+        nfe: network evaluations (an int32 array; the final denoising step included).
+        num_steps: solver steps taken (int32 array).
+        trajectory: `[S, B, *event]` states (not denoised) at `times`, with `save_times`.
+        times: `[S]` the times of `trajectory`, in sampling order (decreasing).
+    """
+
+    nfe: Array
+    num_steps: Array
+    trajectory: Array | None = None
+    times: Array | None = None
+
+
+def result(x: Array, nfe, num_steps, saved) -> tuple[Array, SamplerInfo]:
+    traj, times = (None, None) if saved is None else saved
+    info = SamplerInfo(jnp.asarray(nfe, jnp.int32), jnp.asarray(num_steps, jnp.int32), traj, times)
+    return x, info
+
+
+# ---------------------------------------------------------------- checks
+def check_model(model, shape: tuple[int, ...], *, continuous: bool, process=None) -> Model:
+    """`model` must be a `Model` on the right kind of process whose output has the state's shape.
+
+    With `process` given (a continuous process other than the model's), the model is moved to it
+    by log-SNR matching (`Model.on`).
+    """
+    if not isinstance(model, Model):
+        kind = (
+            "a continuous process (VPSDE, EDM, RectifiedFlow, ...)"
+            if continuous
+            else ("a DiscreteSchedule")
+        )
+        raise TypeError(
+            f"`model` must be a diffjax.Model on {kind}, got {type(model).__name__}; wrap a "
+            "network as dj.Model(fn, process, prediction='eps' | 'x0' | 'score' | 'v' | 'velocity')."
+        )
+    if process is not None:
+        if not isinstance(process, AbstractProcess):
+            raise TypeError(
+                f"`process` must be a continuous process, got {type(process).__name__}."
+            )
+        model = model.on(process)
+    if continuous and not model.is_continuous:
+        raise TypeError(
+            "this sampler runs on continuous processes; the model is on a DiscreteSchedule "
+            "(use samplers.ddpm / samplers.ddim, or a continuous model)."
+        )
+    if not continuous and model.is_continuous:
+        raise TypeError(
+            f"this sampler needs a model on a DiscreteSchedule, got one on "
+            f"{type(model.process).__name__} (use the continuous samplers)."
+        )
+    t_dtype = jnp.result_type(float) if continuous else jnp.int32
+    x = jax.ShapeDtypeStruct(shape, jnp.result_type(float))
+    try:
+        out = jax.eval_shape(model, x, jax.ShapeDtypeStruct(shape[:1], t_dtype))
+    except Exception as err:  # the network's own error, re-raised naming the argument
+        raise ValueError(
+            f"`model` could not be evaluated on x of shape {shape} and t of shape {shape[:1]}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if getattr(out, "shape", None) != shape:
+        raise ValueError(
+            f"`model` must return an array of the state's shape {shape}, got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"`model` must return a real floating array, got dtype {out.dtype}.")
+    return model
+
+
+def check_common(key, shape) -> tuple[Array, tuple[int, ...]]:
+    return check_key(key), check_shape(shape)
+
+
+def check_num_steps(num_steps, name: str = "num_steps") -> int:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise TypeError(
+            f"`{name}` must be an int (it fixes the program's shape), got {type(num_steps).__name__}."
+        )
+    if num_steps <= 0:
+        raise ValueError(f"`{name}` must be positive, got {num_steps}.")
+    return int(num_steps)
+
+
+def check_knob(value, name: str, lo: float | None = None, hi: float | None = None) -> Array:
+    """A real scalar knob (Python number or a possibly traced 0-d array) as a float array.
+
+    Checked now when concrete; under `jit` the range is checked by `eqx.error_if` at run time.
+    """
+    if isinstance(value, bool) or not isinstance(
+        value, (int, float, np.number, np.ndarray, jax.Array)
+    ):
+        raise TypeError(f"`{name}` must be a real scalar, got {type(value).__name__}.")
+    arr = jnp.asarray(value)
+    if arr.ndim != 0 or not (
+        jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
+    ):
+        raise TypeError(f"`{name}` must be a real scalar, got {arr.dtype}{list(arr.shape)}.")
+    arr = arr.astype(jnp.result_type(float))
+    bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    if is_concrete(arr):
+        v = float(arr)
+        if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ValueError(f"`{name}` must be finite and {bounds}, got {v}.")
+        return arr
+    bad = ~jnp.isfinite(arr)
+    if lo is not None:
+        bad = bad | (arr < lo)
+    if hi is not None:
+        bad = bad | (arr > hi)
+    return eqx.error_if(arr, bad, f"`{name}` must be finite and {bounds}.")
+
+
+def check_times(process: AbstractProcess, t_eps, t_max) -> tuple[Array, Array]:
+    """`t_eps < t_max` in `(0, T]`; defaults from the process (`process.t_eps`, `process.t_max`)."""
+    t_eps = check_knob(process.t_eps if t_eps is None else t_eps, "t_eps", 0.0, process.T)
+    t_max = check_knob(process.t_max if t_max is None else t_max, "t_max", 0.0, process.T)
+    if is_concrete(t_eps) and is_concrete(t_max):
+        if not 0.0 < float(t_eps) < float(t_max):
+            raise ValueError(
+                f"`t_eps` must lie in (0, t_max) = (0, {float(t_max)}), got {float(t_eps)}."
+            )
+    else:
+        t_eps = eqx.error_if(
+            t_eps, (t_eps <= 0) | (t_eps >= t_max), "`t_eps` must lie in (0, t_max)."
+        )
+    return t_eps, t_max
+
+
+def check_save_times(save_times, lo, hi, *, integer: bool = False):
+    """Concrete 1-D times in `[lo, hi]`, returned sorted decreasing (sampling order), or None."""
+    if save_times is None:
+        return None
+    if not is_concrete(save_times):
+        raise TypeError("`save_times` must be concrete (not traced): they fix the program's shape.")
+    arr = np.asarray(save_times)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"`save_times` must be a non-empty 1-D array, got shape {arr.shape}.")
+    if integer and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"`save_times` must be integer steps for a schedule, got {arr.dtype}.")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"`save_times` must be numbers, got dtype {arr.dtype}.")
+    lo_c, hi_c = (float(np.asarray(v)) if is_concrete(v) else None for v in (lo, hi))
+    if (
+        not np.all(np.isfinite(arr))
+        or (lo_c is not None and arr.min() < lo_c * (1 - 1e-6))
+        or (hi_c is not None and arr.max() > hi_c * (1 + 1e-6))
+    ):
+        raise ValueError(
+            f"`save_times` must lie in [{lo_c}, {hi_c}], got [{arr.min()}, {arr.max()}]."
+        )
+    return np.sort(arr)[::-1].copy()
+
+
+def check_projection(projection, key, shape: tuple[int, ...], t_dtype) -> None:
+    """`projection(key, x, t) -> x` must be callable and keep the state's shape (checked abstractly)."""
+    if projection is None:
+        return
+    if not callable(projection):
+        raise TypeError(
+            f"`projection` must be callable as projection(key, x, t), got {type(projection).__name__}."
+        )
+    x = jax.ShapeDtypeStruct(shape, jnp.result_type(float))
+    try:
+        out = jax.eval_shape(projection, key, x, jax.ShapeDtypeStruct((), t_dtype))
+    except Exception as err:  # the projection's own error, re-raised naming the argument
+        raise ValueError(
+            f"`projection` could not be evaluated on x of shape {shape}: {type(err).__name__}: {err}"
+        ) from err
+    if getattr(out, "shape", None) != shape:
+        raise ValueError(
+            f"`projection` must return an array of the state's shape {shape}, got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+
+
+def check_solver(solver, default, name: str = "solver"):
+    solver = default if solver is None else solver
+    if not isinstance(solver, dfx.AbstractSolver):
+        raise TypeError(f"`{name}` must be a diffrax solver, got {type(solver).__name__}.")
+    return solver
+
+
+def check_controller(controller, default):
+    controller = default if controller is None else controller
+    if not isinstance(controller, dfx.AbstractStepSizeController):
+        raise TypeError(
+            "`stepsize_controller` must be a diffrax step-size controller (e.g. "
+            f"diffrax.PIDController(rtol=1e-5, atol=1e-5)), got {type(controller).__name__}."
+        )
+    return controller
+
+
+def evals_per_step(solver) -> tuple[int, int]:
+    """`(at init, per step)` vector-field evaluations of a diffrax solver.
+
+    Exact for Euler, Euler-Heun and (stochastic) Runge-Kutta tableaus; other solvers count one
+    evaluation per stage of `solver.order` (documented as an estimate in `SamplerInfo.nfe`).
+    """
+    tableau = getattr(solver, "tableau", None)
+    if isinstance(solver, (dfx.Euler, dfx.EulerHeun)):
+        return 0, 1
+    if isinstance(tableau, dfx.ButcherTableau):
+        return (1, tableau.num_stages - 1) if tableau.fsal else (0, tableau.num_stages)
+    if isinstance(tableau, dfx.StochasticButcherTableau):
+        ignored = 0 if tableau.ignore_stage_f is None else int(np.sum(tableau.ignore_stage_f))
+        return 0, len(tableau.b_sol) - ignored
+    order = solver.order(None) if callable(getattr(solver, "order", None)) else 1
+    return 0, int(order or 1)
+
+
+# ---------------------------------------------------------------- the time grid
+def time_grid(process: AbstractProcess, num_steps: int, grid: str, t_eps, t_max, rho) -> Array:
+    """`[N + 1]` times from `t_max` down to `t_eps`, traceable in `t_eps`, `t_max` and `rho`.
+
+    `"time"`: uniform in `t`; `"logsnr"`: uniform in `lambda` (Lu et al. 2022);
+    `"karras"`: `sigma_i = (s_max^(1/rho) + i/N (s_min^(1/rho) - s_max^(1/rho)))^rho` in the
+    EDM noise level `sigma/alpha = exp(-lambda)` (Karras et al. 2022, eq. 5), on any path.
+    """
+    i = jnp.arange(num_steps + 1, dtype=t_eps.dtype) / num_steps
+    if grid == "time":
+        ts = t_max + i * (t_eps - t_max)
+    elif grid == "logsnr":
+        lam0, lam1 = process.log_snr(t_max), process.log_snr(t_eps)
+        ts = process.t_from_log_snr(lam0 + i * (lam1 - lam0))
+    else:
+        s_max, s_min = jnp.exp(-process.log_snr(t_max)), jnp.exp(-process.log_snr(t_eps))
+        inv = 1.0 / rho
+        sig = (s_max**inv + i * (s_min**inv - s_max**inv)) ** rho
+        ts = process.t_from_log_snr(-jnp.log(sig))
+    return ts.at[0].set(t_max).at[-1].set(t_eps)
+
+
+def check_grid(grid, rho):
+    check_choice(grid, "grid", GRIDS)
+    return check_knob(rho, "rho", 1e-3)
+
+
+# ---------------------------------------------------------------- inside the programs
+def project(projection: Callable | None, key, x: Array, t) -> Array:
+    """`projection(key, x, t)`, or `x` when there is none."""
+    return x if projection is None else projection(key, x, t)
+
+
+def scan_saving(step: Callable, carry, xs, grid: Array, save_times):
+    """Run `carry = step(carry, xs[i])` in one `lax.scan`; `carry[0]` is the state `x`.
+
+    `grid[0]` is the time of the initial state and `grid[i]` the time after step `i`
+    (decreasing). With `save_times`, also returns `(trajectory [S, B, *event], times [S])`:
+    for each requested time, the state at the first grid time at or below it.
+    """
+    if save_times is None:
+        return jax.lax.scan(lambda c, xi: (step(c, xi), None), carry, xs)[0], None
+    x = carry[0]
+    tol = 1e-5 * jnp.max(jnp.abs(grid)) if jnp.issubdtype(grid.dtype, jnp.floating) else 0
+    save_times = jnp.asarray(save_times, grid.dtype)
+    index = jnp.argmax(grid[None, :] <= save_times[:, None] + tol, axis=1)  # [S]
+
+    def put(i, x, buf):
+        mask = (index == i).reshape((-1,) + (1,) * x.ndim)
+        return jnp.where(mask, x[None], buf)
+
+    buf = put(0, x, jnp.zeros((save_times.shape[0],) + x.shape, x.dtype))
+
+    def body(c, inputs):
+        inner, buf = c
+        i, xi = inputs
+        inner = step(inner, xi)
+        return (inner, put(i, inner[0], buf)), None
+
+    num = grid.shape[0] - 1
+    (carry, buf), _ = jax.lax.scan(body, (carry, buf), (jnp.arange(1, num + 1), xs))
+    return carry, (buf, grid[index])

@@ -1,0 +1,312 @@
+"""The reverse-time SDE through diffrax, and predictor-corrector sampling (notes, topic 3).
+
+Song et al. 2021 (arXiv:2011.13456): `dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) dW` from
+`t_max` down to `t_eps`, with `f`, `g` of the model's process and `s = model.score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+from jaxtyping import ArrayLike
+
+from diffjax._checks import check_choice, is_concrete
+from diffjax.langevin import NORMS, langevin_corrector
+from diffjax.model import Model
+from diffjax.samplers import _driver as drv
+
+__all__ = ["predictor_corrector", "reverse_sde"]
+
+
+def _levy_area(solver):
+    """The cheapest Brownian increment type the solver accepts."""
+    minimal = getattr(solver, "minimal_levy_area", dfx.BrownianIncrement)
+    for cls in (dfx.BrownianIncrement, dfx.SpaceTimeLevyArea, dfx.SpaceTimeTimeLevyArea):
+        if issubclass(cls, minimal):
+            return cls
+    raise TypeError(f"`solver` needs an unsupported Brownian path: {minimal.__name__}.")
+
+
+def _host_grid(process, num_steps, grid, t_eps, t_max, rho, save_times) -> np.ndarray:
+    """The decreasing time grid with the save times merged in (so the solver lands on them)."""
+    if save_times is not None and not (is_concrete(t_eps) and is_concrete(t_max)):
+        raise TypeError("`save_times` with a traced `t_eps` or `t_max` is not supported.")
+    ts = drv.time_grid(process, num_steps, grid, t_eps, t_max, rho)
+    if save_times is None:
+        return ts
+    ts = np.asarray(ts)
+    merged = np.unique(np.concatenate([ts, save_times]))[::-1]
+    return jnp.asarray(merged[np.concatenate([[True], np.diff(merged) < -1e-9 * ts[0]])])
+
+
+def reverse_sde(
+    key,
+    model: Model,
+    shape,
+    *,
+    num_steps: int = 1000,
+    grid: str = "logsnr",
+    rho: float = 7.0,
+    solver: dfx.AbstractSolver | None = None,
+    stepsize_controller: dfx.AbstractStepSizeController | None = None,
+    t_eps: float | None = None,
+    t_max: float | None = None,
+    max_steps: int = 16384,
+    process=None,
+    save_times: ArrayLike | None = None,
+    projection: Callable | None = None,
+):
+    """The reverse-time SDE `dx = [f - g^2 s] dt + g dW` from `t_max` to `t_eps`, then denoising.
+
+    Song et al. 2021 (arXiv:2011.13456, eq. 6). `diffrax.diffeqsolve` integrates it forward in
+    `tau = t_max - t` (diffrax 0.7's stochastic Runge-Kutta solvers flip the drift of a
+    `t0 > t1` solve), the batch as one state, `x_T ~ p_T`; the output is `model.x0(x, t_eps)`.
+    The noise is additive, so `diffrax.Euler()` (Euler-Maruyama, default), `Heun()`, `SEA()`,
+    `ShARK()`, `SRA1()` apply (each gets the Brownian increments it needs).
+
+    Fixed steps (default): the `grid` (`"logsnr"` default, `"time"`, `"karras"`) with `num_steps`
+    steps plus the `save_times`, a `diffrax.UnsafeBrownianPath` and forward-mode adjoint.
+    Adaptive: pass an adaptive `stepsize_controller` (e.g. `diffrax.PIDController(rtol=1e-3,
+    atol=1e-3, dtmin=1e-4)`) and a solver with an error estimate (e.g. `ShARK()`); the Brownian
+    path is then a `VirtualBrownianTree`. Under `vmap` over keys an adaptive solve takes each
+    example's own steps, while a batch shares one step size (chosen by the whole state's error):
+    the two agree in distribution, not sample by sample.
+
+    Args:
+        key: a JAX PRNG key.
+        model: a `Model` on a continuous process, of any prediction kind.
+        shape: `[B, *event]`.
+        solver, stepsize_controller: diffrax objects, passed through.
+        max_steps: the solver's step budget (raise it if an adaptive solve runs out).
+        save_times: optional times in `[t_eps, t_max]`: `info.trajectory` holds the state
+            exactly there (the solver steps to them).
+        projection: optional `projection(key, x, t) -> x` (fixed steps only), e.g.
+            `guidance.inpainting_projection`: applied to `x_T`, after every solver step and at
+            `t = 0` after denoising; the solve then runs as one `lax.scan` of `solver.step`s on
+            the same grid and Brownian path.
+
+    Returns:
+        `(x0 [B, *event], info)`: `info.nfe` (steps times evaluations per step, plus 1 for
+        denoising), `info.num_steps`.
+    """
+    key, shape = drv.check_common(key, shape)
+    num_steps = drv.check_num_steps(num_steps)
+    max_steps = drv.check_num_steps(max_steps, "max_steps")
+    rho = drv.check_grid(grid, rho)
+    model = drv.check_model(model, shape, continuous=True, process=process)
+    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
+    controller = drv.check_controller(stepsize_controller, None) if stepsize_controller else None
+    adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
+    solver = drv.check_solver(solver, dfx.ShARK() if adaptive else dfx.Euler())
+    save_times = drv.check_save_times(save_times, t_eps, t_max)
+    if projection is not None and adaptive:
+        raise ValueError("`projection` needs fixed steps: leave `stepsize_controller` unset.")
+    drv.check_projection(projection, key, shape, t_eps.dtype)
+    if adaptive:
+        if save_times is not None and isinstance(controller, dfx.PIDController):
+            controller = eqx.tree_at(
+                lambda c: c.step_ts, controller, jnp.asarray(t_max - save_times),
+                is_leaf=lambda v: v is None,
+            )  # fmt: skip
+        ts = None
+    else:
+        ts = _host_grid(model.process, num_steps, grid, t_eps, t_max, rho, save_times)
+        max_steps = ts.shape[0] - 1
+    try:
+        x, saved, steps = _reverse_sde(
+            key, model, shape, solver, controller, ts, t_eps, t_max, max_steps, save_times,
+            projection,
+        )  # fmt: skip
+    except Exception as err:
+        _reraise_solver_error(err, max_steps)
+    init_evals, per_step = drv.evals_per_step(solver)
+    if projection is not None:  # FSAL: the first stage is re-evaluated after every projection
+        per_step = init_evals + per_step
+    return drv.result(x, init_evals + per_step * steps + 1, steps, saved)
+
+
+def _reraise_solver_error(err: Exception, max_steps: int):
+    """Turn diffrax's errors into ones that say which argument to change."""
+    if isinstance(err, ValueError | TypeError) and "Terms" in str(err) and "solver" in str(err):
+        raise TypeError(f"`solver` does not fit the SDE's terms: {err}") from err
+    if "max_steps" in str(err) or "maximum number of solver steps" in str(err):
+        raise RuntimeError(
+            f"the solve needed more than `max_steps` = {max_steps} steps: raise `max_steps` or "
+            "loosen the `stepsize_controller` tolerances."
+        ) from err
+    raise err
+
+
+@eqx.filter_jit
+def _reverse_sde(
+    key, model, shape, solver, controller, ts, t_eps, t_max, max_steps, save, projection
+):
+    process = model.process
+    prior_key, bm_key = jax.random.split(key)
+    x = process.prior_sample(prior_key, shape)
+    levy_area = _levy_area(solver)
+    tau1 = t_max - t_eps
+    if ts is None:
+        tol = tau1 / (4 * max_steps)
+        bm = dfx.VirtualBrownianTree(0.0, tau1, tol, shape, bm_key, levy_area=levy_area)
+        adjoint = dfx.RecursiveCheckpointAdjoint()
+    else:
+        controller = dfx.StepTo(ts=t_max - ts)
+        bm = dfx.UnsafeBrownianPath(shape, bm_key, levy_area=levy_area)
+        adjoint = dfx.ForwardMode()
+
+    def drift(tau, y, args):
+        t = t_max - tau
+        return -process.reverse_drift(model.score(y, t), y, t)
+
+    def diffusion(tau, y, args):
+        return lx.DiagonalLinearOperator(jnp.broadcast_to(process.diffusion(t_max - tau), y.shape))
+
+    terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, bm))
+    batch = shape[:1]
+    if projection is not None:
+        return _projected_sde(key, model, x, solver, terms, t_max - ts, t_max, projection, save)
+    saveat = dfx.SaveAt(t1=True)
+    if save is not None:
+        saveat = dfx.SaveAt(t1=True, ts=jnp.asarray(t_max - save))
+    sol = dfx.diffeqsolve(
+        terms, solver, 0.0, tau1, dt0=tau1 / 64 if ts is None else None, y0=x, saveat=saveat,
+        stepsize_controller=controller, adjoint=adjoint, max_steps=max_steps,
+    )  # fmt: skip
+    x = model.x0(sol.ys[-1], jnp.full(batch, t_eps))
+    saved = None if save is None else (sol.ys[:-1], t_max - sol.ts[:-1])
+    return x, saved, sol.stats["num_steps"]
+
+
+def _projected_sde(key, model, x, solver, terms, taus, t_max, projection, save):
+    """The fixed-step solve as one `lax.scan` of `solver.step` on the grid `taus` (in `tau`),
+    with `x = projection(key_i, x, t_max - tau_{i+1})` after each step.
+
+    `made_jump=True` tells FSAL solvers that the state moved, so they re-evaluate the drift;
+    `UnsafeBrownianPath` draws its increments from the step's end points, as in `diffeqsolve`.
+    """
+    num = taus.shape[0] - 1
+    keys = jax.random.split(jax.random.fold_in(key, 1), num + 2)
+    x = projection(keys[0], x, t_max - taus[0])
+    solver_state = solver.init(terms, taus[0], taus[1], x, None)
+
+    def step(carry, inputs):
+        x, solver_state = carry
+        tau0, tau1, k = inputs
+        x, _, _, solver_state, _ = solver.step(terms, tau0, tau1, x, None, solver_state, True)
+        return projection(k, x, t_max - tau1), solver_state
+
+    xs = (taus[:-1], taus[1:], keys[1:-1])
+    (x, _), saved = drv.scan_saving(step, (x, solver_state), xs, t_max - taus, save)
+    x = model.x0(x, jnp.full(x.shape[:1], t_max - taus[-1]))
+    x = projection(keys[-1], x, jnp.zeros((), x.dtype))
+    return x, saved, jnp.asarray(num)
+
+
+def predictor_corrector(
+    key,
+    model: Model,
+    shape,
+    *,
+    num_steps: int = 500,
+    corrector_steps: int = 1,
+    snr: float = 0.16,
+    predictor: str = "reverse_diffusion",
+    norm: str = "batch",
+    grid: str = "logsnr",
+    rho: float = 7.0,
+    t_eps: float | None = None,
+    t_max: float | None = None,
+    process=None,
+    save_times: ArrayLike | None = None,
+    projection: Callable | None = None,
+):
+    """Predictor-corrector sampling (Song et al. 2021, arXiv:2011.13456, Algorithm 1, PC).
+
+    On the grid `t_max = t_0 > ... > t_N = t_eps`, each step is one predictor move followed by
+    `corrector_steps` Langevin corrector steps at the new time (`langevin.langevin_corrector`,
+    step `2 alpha (snr |z| / |s|)^2` with `alpha = A^2`, norms batch-averaged or per example),
+    then the denoising step `model.x0(x, t_eps)`.
+
+    Predictors, with `A = alpha(t) / alpha(s)` and `G^2 = sigma(t)^2 - A^2 sigma(s)^2` the exact
+    one-step forward transition from `s` to `t > s`: `"reverse_diffusion"`:
+    `x <- (2 - A) x + G^2 s(x, t) + G z`; `"euler_maruyama"`: `x <- x - [f - g^2 s] dt + g sqrt(dt) z`.
+
+    With `projection(key, x, t) -> x` the state is projected at `t_max`, after each predictor
+    and each step's correctors (at the new time), and at `t = 0` after denoising.
+    `snr` may be traced.
+
+    Returns:
+        `(x0 [B, *event], info)`, `info.nfe = num_steps (1 + corrector_steps) + 1`.
+    """
+    key, shape = drv.check_common(key, shape)
+    num_steps = drv.check_num_steps(num_steps)
+    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, (int, np.integer)):
+        raise TypeError(f"`corrector_steps` must be an int, got {type(corrector_steps).__name__}.")
+    if corrector_steps < 0:
+        raise ValueError(f"`corrector_steps` must be >= 0, got {corrector_steps}.")
+    snr = drv.check_knob(snr, "snr", 0.0)
+    check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
+    check_choice(norm, "norm", NORMS)
+    rho = drv.check_grid(grid, rho)
+    model = drv.check_model(model, shape, continuous=True, process=process)
+    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
+    save_times = drv.check_save_times(save_times, t_eps, t_max)
+    drv.check_projection(projection, key, shape, t_eps.dtype)
+    ts = drv.time_grid(model.process, num_steps, grid, t_eps, t_max, rho)
+    x, saved = _predictor_corrector(
+        key, model, shape, ts, int(corrector_steps), snr, predictor, norm, save_times, projection
+    )
+    return drv.result(x, num_steps * (1 + int(corrector_steps)) + 1, num_steps, saved)
+
+
+@eqx.filter_jit
+def _predictor_corrector(
+    key, model, shape, ts, corrector_steps, snr, predictor, norm, save_times, projection
+):
+    process = model.process
+    prior_key, key = jax.random.split(key)
+    x = process.prior_sample(prior_key, shape)
+    x = drv.project(projection, jax.random.fold_in(prior_key, 1), x, ts[0])
+    batch = shape[:1]
+
+    def step(carry, inputs):
+        (x,) = carry
+        t, s, k = inputs
+        pred_key, corr_key = jax.random.split(k)
+        z = jax.random.normal(pred_key, shape, x.dtype)
+        a_t, std_t = process.marginal(t)
+        a_s, std_s = process.marginal(s)
+        A = a_t / a_s
+        score = model.score(x, jnp.full(batch, t))
+        if predictor == "reverse_diffusion":
+            G2 = std_t**2 - A**2 * std_s**2
+            x = (2.0 - A) * x + G2 * score + jnp.sqrt(G2) * z
+        else:
+            dt = t - s
+            x = (
+                x
+                - process.reverse_drift(score, x, t) * dt
+                + process.diffusion(t) * jnp.sqrt(dt) * z
+            )
+        x = drv.project(projection, jax.random.fold_in(k, 1), x, s)
+
+        def correct(x, ck):
+            return langevin_corrector(ck, model.score, x, s, snr=snr, alpha=A**2, norm=norm), None
+
+        if corrector_steps:
+            x = jax.lax.scan(correct, x, jax.random.split(corr_key, corrector_steps))[0]
+            x = drv.project(projection, jax.random.fold_in(k, 2), x, s)
+        return (x,)
+
+    num = ts.shape[0] - 1
+    xs = (ts[:-1], ts[1:], jax.random.split(key, num))
+    (x,), saved = drv.scan_saving(step, (x,), xs, ts, save_times)
+    x = model.x0(x, jnp.full(batch, ts[-1]))
+    return drv.project(projection, jax.random.fold_in(key, 1), x, jnp.zeros((), x.dtype)), saved
