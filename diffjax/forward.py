@@ -6,6 +6,7 @@ The conversions between network outputs live in `diffjax.model`.
 
 from __future__ import annotations
 
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import (
@@ -30,6 +31,11 @@ def _coefficients(process, x: Array, t: ArrayLike) -> tuple[Array, Array]:
         t = process.check_time(t)
     else:
         t = as_float_array(t, "t")
+        value = concrete(t)
+        if value is not None and value.size and not (
+            np.all(np.isfinite(value)) and value.min() >= 0 and value.max() <= process.T * (1 + 1e-6)
+        ):
+            raise ValueError(f"`t` must lie in [0, T] = [0, {process.T}], got {value}.")
     check_batch_time(x, t)
     a, s = process.marginal(t)
     return expand_to(a, x), expand_to(s, x)

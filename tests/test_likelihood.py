@@ -1,21 +1,22 @@
 """Tests for `diffjax.likelihood`: PF-ODE log-likelihood against closed-form log-densities.
 
-Every reference is exact: a Gaussian or Gaussian mixture pushed through the SDE has a
-closed-form `p_t`, and its exact score drives the ODE. `log_prob` starts at `t_eps`, so it
-estimates `log p_{t_eps}`, which is what we compare with (and we check that it is within
-tolerance of `log p_0` too). Where the exact `p_T` is used as the prior (`prior_log_prob_fn`),
-the only error left is the ODE solver's.
+Every reference is exact: a Gaussian or Gaussian mixture pushed through a Gaussian path has a
+closed-form `p_t`, and its exact model (`dj.exact_model`) drives the ODE. `log_prob` starts at
+`t_eps`, so it estimates `log p_{t_eps}`, which is what we compare with (and we check that it is
+within tolerance of `log p_0` too). Where the exact `p_{t_max}` is used as the prior
+(`prior_log_prob_fn`), the only error left is the ODE solver's.
 
-Compilations are the cost here: one jitted function takes the distribution and the SDE as
-pytree arguments, so one compilation serves every distribution of the same shapes.
+Compilations are the cost here: one jitted function takes the distribution and the process as
+pytree arguments, so one compilation serves every distribution of the same shapes on the same
+process type (the Gaussians of the all-process check are padded to the mixture's shapes).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,25 +25,28 @@ from scipy import stats
 
 import diffjax as dj
 from diffjax.data import eight_gaussians_params
-from diffjax.likelihood import bits_per_dim, dequantize, log_prob
+from diffjax.likelihood import Exact, Hutchinson, bits_per_dim, dequantize, log_prob
 
 T_EPS = 1e-5
+EXACT = Exact()
 
 
-@functools.partial(jax.jit, static_argnames=("divergence", "exact_prior", "probe", "num_probes"))
+@eqx.filter_jit
 def _log_prob(
-    dist, sde, x, key, divergence="exact", exact_prior=True, probe="rademacher", num_probes=1
+    dist, process, x, key, divergence=EXACT, exact_prior=True, prediction="score"
 ):
-    """`log_prob` with the exact score of `dist`; the prior is the exact `p_T` if asked."""
-    prior = (lambda z: dist.log_prob(z, sde, sde.T)) if exact_prior else None
+    """`log_prob` with the exact model of `dist`; the prior is the exact `p_{t_max}` if asked.
+
+    `filter_jit`: the distribution, the process's arrays, `x` and `key` are traced; the
+    divergence object, the flags and the prediction kind are static.
+    """
+    t_max = process.t_max
+    prior = (lambda z: dist.log_prob(z, process, t_max)) if exact_prior else None
     return log_prob(
-        dj.exact_score(dist, sde),
-        sde,
+        dj.exact_model(dist, process, prediction),
         x,
         key=key,
         divergence=divergence,
-        probe=probe,
-        num_probes=num_probes,
         t_eps=T_EPS,
         prior_log_prob_fn=prior,
     )
@@ -79,7 +83,7 @@ def test_gaussian_exact_divergence_matches_log_density(dim):
     np.testing.assert_allclose(logp, info["prior_log_prob"] + info["delta_logp"], rtol=1e-6)
     assert info["z"].shape == x.shape
     np.testing.assert_allclose(
-        info["prior_log_prob"], dist.log_prob(info["z"], sde, sde.T), rtol=1e-6
+        info["prior_log_prob"], dist.log_prob(info["z"], sde, sde.t_max), rtol=1e-6
     )
     assert int(info["nfe"]) > 0
 
@@ -91,6 +95,58 @@ def test_every_sde_passes_the_gaussian_check(sde):
     x = dist.sample(jax.random.key(8), 32)
     logp, _ = _log_prob(dist, sde, x, jax.random.key(0))
     assert _max_error_per_dim(logp, dist.log_prob(x, sde, T_EPS), dim) < 1e-3
+
+
+# ----------------------------------------------------------------------------- every process
+
+PROCESSES = {
+    "vp": dj.VPSDE(),
+    "subvp": dj.SubVPSDE(),
+    "ve": dj.VESDE(),
+    "edm": dj.EDM(),
+    "rf": dj.RectifiedFlow(),
+    "cosine": dj.Cosine(),
+}
+
+_WEIGHTS = jnp.array([0.2, 0.3, 0.5])
+_STD = jnp.array([[0.4, 0.7], [0.6, 0.3], [0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def small_cases():
+    """A 2-D Gaussian and a 3-component diagonal 2-D mixture, with 8 points of each.
+
+    The Gaussian is written as a mixture of three identical components (the same density as
+    `dj.gaussian`, checked here), so both distributions have the same pytree shapes and share
+    one compilation per process and prediction kind.
+    """
+    mean, std = jnp.array([0.8, -0.5]), jnp.array([0.6, 1.2])
+    gauss = dj.GaussianMixture(_WEIGHTS, jnp.tile(mean, (3, 1)), jnp.tile(std, (3, 1)))
+    mixture = dj.GaussianMixture(_WEIGHTS, jnp.array([[-1.5, 0.5], [1.0, 1.0], [0.5, -1.5]]), _STD)
+    cases = {}
+    for name, dist in (("gaussian", gauss), ("mixture", mixture)):
+        x = dist.sample(jax.random.key(21 + len(cases)), 8)
+        cases[name] = (dist, x)
+    x = cases["gaussian"][1]
+    np.testing.assert_allclose(
+        gauss.log_prob(x), dj.gaussian(mean, std).log_prob(x), rtol=1e-6, atol=1e-6
+    )
+    return cases
+
+
+@pytest.mark.parametrize("prediction", ["score", "velocity"])
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_every_process_matches_the_analytic_log_density(small_cases, name, prediction):
+    """For every path and both a score and a velocity model, the PF-ODE log-likelihood with the
+    exact model and the exact `p_{t_max}` prior is the analytic `log p_{t_eps}` to 1e-3
+    nats/dim (Exact divergence), for a Gaussian and for a mixture (one compilation for both)."""
+    process = PROCESSES[name]
+    for dist, x in small_cases.values():
+        logp, info = _log_prob(dist, process, x, jax.random.key(0), prediction=prediction)
+        assert _max_error_per_dim(logp, dist.log_prob(x, process, T_EPS), 2) < 1e-3
+        np.testing.assert_allclose(
+            info["prior_log_prob"], dist.log_prob(info["z"], process, process.t_max), rtol=1e-6
+        )
 
 
 def test_default_prior_on_centred_data():
@@ -131,21 +187,39 @@ def test_eight_gaussians_exact_divergence(mixture_case):
     assert _max_error_per_dim(logp, dist.log_prob(x), 2) < 5e-3
 
 
+def _check_unbiased(exact, logp, points: int, copies: int):
+    """Per point: the mean of `copies` Hutchinson estimates is the exact-divergence value within
+    four standard errors plus 2e-3 nats (the two solves' own deterministic ODE error)."""
+    est = np.asarray(logp).reshape(points, copies)
+    mean, se = est.mean(axis=1), est.std(axis=1, ddof=1) / math.sqrt(copies)
+    # The estimator is not trivially exact here (else the test could not fail).
+    assert se.max() > 1e-2
+    np.testing.assert_array_less(np.abs(mean - np.asarray(exact[:points])), 4 * se + 2e-3)
+
+
 @pytest.mark.parametrize("probe, num_probes", [("rademacher", 1), ("gaussian", 2)])
 def test_hutchinson_is_unbiased_on_a_mixture(mixture_case, probe, num_probes):
     """Each of 4 points is repeated 256 times in one batch; each copy gets its own probes."""
     dist, sde, x, exact = mixture_case
     points, copies = 4, 256
     x_rep = jnp.repeat(x[:points], copies, axis=0)
+    logp, _ = _log_prob(dist, sde, x_rep, jax.random.key(5), Hutchinson(num_probes, probe))
+    _check_unbiased(exact, logp, points, copies)
+
+
+def test_hutchinson_is_unbiased_for_a_flow_matching_model(small_cases):
+    """The same check for a velocity model on the rectified-flow path (the mixture of
+    `small_cases`): Hutchinson's mean matches `Exact()` (4 points x 256 copies)."""
+    dist, x = small_cases["mixture"]
+    rf = PROCESSES["rf"]
+    exact, _ = _log_prob(dist, rf, x[:4], jax.random.key(0), prediction="velocity")
+    # The exact divergence itself is right (so agreement with it is agreement with the truth).
+    assert _max_error_per_dim(exact, dist.log_prob(x[:4], rf, T_EPS), 2) < 1e-3
+    x_rep = jnp.repeat(x[:4], 256, axis=0)
     logp, _ = _log_prob(
-        dist, sde, x_rep, jax.random.key(5), "hutchinson", probe=probe, num_probes=num_probes
+        dist, rf, x_rep, jax.random.key(6), Hutchinson(), prediction="velocity"
     )
-    est = np.asarray(logp).reshape(points, copies)
-    mean, se = est.mean(axis=1), est.std(axis=1, ddof=1) / math.sqrt(copies)
-    # The estimator is not trivially exact here (else the test could not fail).
-    assert se.max() > 1e-2
-    # Four standard errors, plus 2e-3 nats for the two solves' own (deterministic) ODE error.
-    np.testing.assert_array_less(np.abs(mean - np.asarray(exact[:points])), 4 * se + 2e-3)
+    _check_unbiased(exact, logp, 4, 256)
 
 
 def test_images_hutchinson_exact_for_diagonal_gaussian():
@@ -157,26 +231,29 @@ def test_images_hutchinson_exact_for_diagonal_gaussian():
     dist = dj.gaussian(mean, std)
     x = dist.sample(k_x, 8)
     sde = dj.VPSDE()
-    logp, info = _log_prob(dist, sde, x, jax.random.key(1), divergence="hutchinson")
+    logp, info = _log_prob(dist, sde, x, jax.random.key(1), divergence=Hutchinson())
     assert logp.shape == (8,) and info["z"].shape == x.shape
     assert _max_error_per_dim(logp, dist.log_prob(x, sde, T_EPS), 64) < 1e-3
 
 
 @pytest.mark.parametrize("solver", [diffrax.Tsit5(), diffrax.Heun()], ids=["fsal", "no-fsal"])
 def test_nfe_counts_model_evaluations(solver):
-    """`info['nfe']` equals the number of times the score model actually ran."""
+    """`info['nfe']` equals the number of times the model actually ran."""
     calls = []
     dist = dj.gaussian(jnp.zeros(1), 0.5)
-    exact = dj.exact_score(dist, dj.VPSDE())
+    vp = dj.VPSDE()
+    exact = dj.exact_model(dist, vp)
 
     def counted_score(x, t):
         jax.debug.callback(lambda: calls.append(1))
         return exact(x, t)
 
+    model = dj.Model(counted_score, vp, "score")
     x = dist.sample(jax.random.key(2), 4)
+    controller = diffrax.PIDController(rtol=1e-3, atol=1e-3)
     _, info = jax.jit(
         lambda x: log_prob(
-            counted_score, dj.VPSDE(), x, divergence="exact", solver=solver, rtol=1e-3, atol=1e-3
+            model, x, divergence=EXACT, solver=solver, stepsize_controller=controller
         )
     )(x)
     jax.effects_barrier()
@@ -187,14 +264,15 @@ def test_gradient_wrt_model_parameter():
     """`jax.grad` of the mean logp through the adaptive solve matches a central difference."""
     dist = dj.gaussian(jnp.zeros(2), 0.5)
     sde = dj.VPSDE()
-    exact = dj.exact_score(dist, sde)
+    exact = dj.exact_model(dist, sde)
     x = dist.sample(jax.random.key(6), 16)
     key = jax.random.key(7)
 
     @jax.jit
     @jax.value_and_grad
     def mean_logp(scale):
-        logp, _ = log_prob(lambda x, t: scale * exact(x, t), sde, x, key=key)
+        model = dj.Model(lambda p, x, t: p * exact(x, t), sde, "score", params=scale)
+        logp, _ = log_prob(model, x, key=key)
         return jnp.mean(logp)
 
     grad = float(mean_logp(jnp.float32(1.1))[1])
@@ -230,7 +308,7 @@ def test_bits_per_dim_matches_hand_computation():
 def test_bad_input_raises_clear_errors():
     dist = dj.gaussian(jnp.zeros(2), 1.0)
     sde = dj.VPSDE()
-    score = dj.exact_score(dist, sde)
+    model = dj.exact_model(dist, sde)
     x = jnp.zeros((4, 2))
     key = jax.random.key(0)
     cases = [
@@ -238,27 +316,40 @@ def test_bad_input_raises_clear_errors():
         (dict(t_eps=1.0), ValueError, "t_eps"),
         (dict(key=None), ValueError, "key"),
         (dict(key="seed"), TypeError, "key"),
-        (dict(divergence="trace"), ValueError, "divergence"),
-        (dict(probe="sphere"), ValueError, "probe"),
-        (dict(num_probes=0), ValueError, "num_probes"),
-        (dict(num_probes=1.5), TypeError, "num_probes"),
-        (dict(rtol=-1.0), ValueError, "rtol"),
+        # The divergence is an object now: a string is a type error.
+        (dict(divergence="trace"), TypeError, "divergence"),
+        (dict(divergence="exact"), TypeError, "divergence"),
+        # Tolerances live in the controller now (`rtol=` is gone).
+        (dict(stepsize_controller="pid"), TypeError, "stepsize_controller"),
         (dict(solver="tsit5"), TypeError, "solver"),
+        (dict(solver=diffrax.Euler()), TypeError, "solver"),  # no error estimate
+        (dict(max_steps=0), ValueError, "max_steps"),
         (dict(prior_log_prob_fn=lambda z: z), ValueError, "prior_log_prob_fn"),
+        (dict(prior_log_prob_fn="normal"), TypeError, "prior_log_prob_fn"),
     ]
     for kwargs, error, name in cases:
         with pytest.raises(error, match=name):
-            log_prob(score, sde, x, **{"key": key, **kwargs})
+            log_prob(model, x, **{"key": key, **kwargs})
+    # The probe options are checked when the estimator is built.
+    with pytest.raises(ValueError, match="probe"):
+        Hutchinson(probe="sphere")
+    with pytest.raises(ValueError, match="num_probes"):
+        Hutchinson(num_probes=0)
+    with pytest.raises(TypeError, match="num_probes"):
+        Hutchinson(num_probes=1.5)
     with pytest.raises(ValueError, match="`x`"):
-        log_prob(score, sde, jnp.zeros(2), key=key)
-    with pytest.raises(ValueError, match="score_fn"):
-        log_prob(lambda x, t: x[:, :1], sde, x, key=key)
-    with pytest.raises(ValueError, match="score_fn"):
-        log_prob(score, sde, jnp.zeros((4, 3)), key=key)  # the score expects 2-D events
-    with pytest.raises(TypeError, match="score_fn"):
-        log_prob(None, sde, x, key=key)
-    with pytest.raises(TypeError, match="sde"):
-        log_prob(score, dj.schedules.linear(10), x, key=key)
+        log_prob(model, jnp.zeros(2), key=key)
+    with pytest.raises(ValueError, match="model"):
+        log_prob(dj.Model(lambda x, t: x[:, :1], sde, "score"), x, key=key)
+    with pytest.raises(ValueError, match="model"):
+        log_prob(model, jnp.zeros((4, 3)), key=key)  # the model expects 2-D events
+    with pytest.raises(TypeError, match="model"):
+        log_prob(None, x, key=key)
+    with pytest.raises(TypeError, match="model"):
+        log_prob(lambda x, t: x, x, key=key)  # a bare function is not a Model
+    sch = dj.schedules.linear(10)
+    with pytest.raises(TypeError, match="continuous process"):
+        log_prob(dj.exact_model(dist, sch, "eps"), x, key=key)
     with pytest.raises(ValueError, match="`x`"):
         dequantize(key, jnp.array([[0.5, 256.0]]))
     with pytest.raises(ValueError, match="data_interval"):

@@ -113,31 +113,32 @@ def test_missing_run_or_checkpoint(module, tmp_path, capsys):
 
 
 def test_model_views_match_exact_eps():
-    """`Run.eps_discrete` of a VP model (called at t = i/N) and `Run.eps_continuous` of a
+    """`Run.model(discrete=True)` of a VP model (called at t = i/N) and `Run.model()` of a
     linear-DDPM model (called at i = t N) give the exact eps of the other process, up to the
     O(1/N) gap between `VPSDE` and its DDPM discretisation."""
     gmm = dj.GaussianMixture(*dj.data.eight_gaussians_params())
     x0 = gmm.sample(jax.random.key(0), 256)
     noise = jax.random.normal(jax.random.key(1), x0.shape)
-    for process, view in (("vp", "eps_discrete"), ("linear", "eps_continuous")):
+    for process, discrete in (("vp", True), ("linear", False)):
         loss = "dsm" if process == "vp" else "ddpm"
         config = configs.Config(
             num_train=16, num_heldout=16, batch_size=16, process=process, loss=loss
         )
         run = common.build(config)
-        native = dj.exact_eps(gmm, run.process)
+        native = dj.exact_model(gmm, run.process, "eps")
         if process == "linear":  # the exact schedule eps takes integer steps
             apply = lambda params, x, t, fn=native: fn(x, jnp.round(t).astype(jnp.int32))
         else:
             apply = lambda params, x, t, fn=native: fn(x, t)
         run = dataclasses.replace(run, apply=apply)
-        other = run.schedule if view == "eps_discrete" else run.sde
-        exact = dj.exact_eps(gmm, other)
-        fn = getattr(run, view)(None)
+        other = run.schedule if discrete else run.sde
+        exact = dj.exact_model(gmm, other, "eps")
+        model = run.model(jnp.zeros(()), discrete=discrete)  # `apply` ignores the params
+        assert model.process is other
         for i in (1, 10, 100, 500, 900):
-            t = jnp.full((256,), i) if view == "eps_discrete" else jnp.full((256,), i / 1000)
+            t = jnp.full((256,), i) if discrete else jnp.full((256,), i / 1000)
             x_t = dj.q_sample(other, x0, t, noise)
-            err = float(jnp.sqrt(jnp.mean((fn(x_t, t) - exact(x_t, t)) ** 2)))
+            err = float(jnp.sqrt(jnp.mean((model.eps(x_t, t) - exact(x_t, t)) ** 2)))
             assert err < 0.02, (process, i, err)
 
 
