@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,9 +32,9 @@ def test_score_is_grad_log_prob(name, eight_gaussians, image_mixture):
         np.testing.assert_allclose(
             dist.score(x, process, t), _autodiff_score(dist, process, x, t), rtol=2e-4, atol=2e-4
         )
-        score_fn = dj.exact_score(dist, process)
+        model = dj.exact_model(dist, process, "score")
         np.testing.assert_allclose(
-            jax.jit(score_fn)(x, t), dist.score(x, process, t), rtol=1e-5, atol=1e-5
+            eqx.filter_jit(lambda m: m(x, t))(model), dist.score(x, process, t), rtol=1e-5, atol=1e-5
         )
 
 
@@ -89,9 +90,34 @@ def test_exact_eps_is_minus_std_times_score(eight_gaussians):
     sch = schedules.cosine(100)
     x = jax.random.normal(jax.random.key(0), (5, 2))
     t = jnp.array([1, 10, 50, 90, 100])
-    eps = dj.exact_eps(eight_gaussians, sch)(x, t)
+    eps = dj.exact_model(eight_gaussians, sch, "eps")(x, t)
     std = jnp.sqrt(1 - sch.alpha_bar(t))[:, None]
     np.testing.assert_allclose(eps, -std * eight_gaussians.score(x, sch, t), rtol=1e-6)
+
+
+@pytest.mark.parametrize("process", [dj.VPSDE(), dj.RectifiedFlow(), dj.EDM(sigma_max=10.0)], ids=str)
+def test_posterior_mean_is_tweedie_and_monte_carlo(process, eight_gaussians):
+    """`E[x_0 | x_t]` equals Tweedie's `(x + sigma^2 s) / alpha` and a self-normalised
+    importance-sampling estimate from prior draws `x_0 ~ p_0` weighted by `q(x_t | x_0)`."""
+    t = jnp.full((3,), 0.5 * process.T)
+    x = eight_gaussians.noised(process, t[0]).sample(jax.random.key(2), 3)
+    a, s = (float(c) for c in process.marginal(t[0]))
+    post = eight_gaussians.posterior_mean(x, process, t)
+    tweedie = (x + s**2 * eight_gaussians.score(x, process, t)) / a
+    np.testing.assert_allclose(post, tweedie, rtol=1e-4, atol=1e-4)
+    x0 = eight_gaussians.sample(jax.random.key(3), 400_000)
+    logw = -0.5 * jnp.sum((x[:, None, :] - a * x0[None]) ** 2, -1) / s**2  # [3, M]
+    w = jax.nn.softmax(logw, axis=1)
+    mc = w @ x0
+    ess = 1.0 / jnp.sum(w**2, axis=1)
+    # Standard error of a self-normalised estimate ~ posterior std / sqrt(ESS); 5 of them.
+    assert bool(jnp.all(ess > 1000))
+    np.testing.assert_allclose(post, mc, atol=float(5 * 2.0 / jnp.sqrt(ess.min())))
+    # Finite where alpha = 0: the posterior mean is then the data mean.
+    rf = dj.RectifiedFlow()
+    np.testing.assert_allclose(
+        eight_gaussians.posterior_mean(x, rf, jnp.ones(3)), jnp.zeros_like(x), atol=1e-5
+    )
 
 
 def test_vmap_over_times(eight_gaussians):
@@ -145,8 +171,13 @@ def test_vmap_over_times(eight_gaussians):
             "key",
         ),
         (lambda: dj.gaussian(jnp.zeros(2), jnp.ones(3)), ValueError, "std"),
-        (lambda: dj.exact_score("gmm", dj.VPSDE()), TypeError, "dist"),
-        (lambda: dj.exact_score(dj.gaussian(jnp.zeros(2), 1.0), "vp"), TypeError, "process"),
+        (lambda: dj.exact_model("gmm", dj.VPSDE()), TypeError, "dist"),
+        (lambda: dj.exact_model(dj.gaussian(jnp.zeros(2), 1.0), "vp"), TypeError, "process"),
+        (
+            lambda: dj.exact_model(dj.gaussian(jnp.zeros(2), 1.0), dj.VPSDE(), "mu"),
+            ValueError,
+            "prediction",
+        ),
     ],
 )
 def test_validation_errors(call, exc, match):

@@ -110,13 +110,13 @@ def test_sampler_histograms_match_fokker_planck(vp_mixture, sampler):
     is 900-1150 (TV 0.09).
     """
     sde, p = vp_mixture
-    score_fn = dj.exact_score(MIXTURE, sde)
+    model = dj.exact_model(MIXTURE, sde, "score")
     num, num_bins, lo, cells_per_bin = 20000, 40, -3.0, 6
     first = int(round((lo + HALF_WIDTH) / H))  # cells left of the first bin edge
     last = first + num_bins * cells_per_bin
     fn = samplers.reverse_sde if sampler == "reverse_sde" else samplers.ode
-    _, info = fn(jax.random.key(0), score_fn, sde, (num, 1), save_times=np.array([0.3, 0.6]))
-    for t, x in zip(np.asarray(info["times"]), np.asarray(info["trajectory"][..., 0]), strict=True):
+    _, info = fn(jax.random.key(0), model, (num, 1), save_times=np.array([0.3, 0.6]))
+    for t, x in zip(np.asarray(info.times), np.asarray(info.trajectory[..., 0]), strict=True):
         row = int(np.argmin(np.abs(np.asarray(TS) - t)))
         assert abs(float(TS[row]) - t) < 1e-6
         cell_mass = H * np.asarray(p[row], np.float64)

@@ -52,8 +52,8 @@ def test_annealed_reaches_mixture_from_noise(gmm):
 
     The conditional score is the mixture's VESDE score at the time whose std equals sigma.
     """
-    ve = dj.sde.VESDE(sigma_min=0.01, sigma_max=50.0)
-    score_t = dj.exact_score(gmm, ve)
+    ve = dj.VESDE(sigma_min=0.01, sigma_max=50.0)
+    score_t = dj.exact_model(gmm, ve, "score")
 
     def score(x, sigma):
         sigma_t = jnp.sqrt(sigma**2 + ve.sigma_min**2)  # std(t)^2 = sigma(t)^2 - sigma_min^2

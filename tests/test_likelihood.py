@@ -32,9 +32,7 @@ EXACT = Exact()
 
 
 @eqx.filter_jit
-def _log_prob(
-    dist, process, x, key, divergence=EXACT, exact_prior=True, prediction="score"
-):
+def _log_prob(dist, process, x, key, divergence=EXACT, exact_prior=True, prediction="score"):
     """`log_prob` with the exact model of `dist`; the prior is the exact `p_{t_max}` if asked.
 
     `filter_jit`: the distribution, the process's arrays, `x` and `key` are traced; the
@@ -216,9 +214,7 @@ def test_hutchinson_is_unbiased_for_a_flow_matching_model(small_cases):
     # The exact divergence itself is right (so agreement with it is agreement with the truth).
     assert _max_error_per_dim(exact, dist.log_prob(x[:4], rf, T_EPS), 2) < 1e-3
     x_rep = jnp.repeat(x[:4], 256, axis=0)
-    logp, _ = _log_prob(
-        dist, rf, x_rep, jax.random.key(6), Hutchinson(), prediction="velocity"
-    )
+    logp, _ = _log_prob(dist, rf, x_rep, jax.random.key(6), Hutchinson(), prediction="velocity")
     _check_unbiased(exact, logp, 4, 256)
 
 

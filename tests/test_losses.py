@@ -33,7 +33,8 @@ COMBOS = [(p, "simple", False) for p in PREDICTIONS] + [
 
 def _model(dist, process, prediction):
     """`apply(params, x, t)`: the exact eps scaled by `1 + c` plus a constant shift `b`, as
-    `prediction` (the `Model` view of that eps model); affine in `(c, b)`, exact at `c = 0, b = 0`."""
+    `prediction` (the `Model` view of that eps model); affine in `(c, b)`, exact at
+    `c = 0, b = 0`."""
     exact = dj.exact_model(dist, process, "eps")
 
     def apply(params, x, t):

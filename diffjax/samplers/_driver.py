@@ -118,12 +118,14 @@ def check_knob(value, name: str, lo: float | None = None, hi: float | None = Non
         value, (int, float, np.number, np.ndarray, jax.Array)
     ):
         raise TypeError(f"`{name}` must be a real scalar, got {type(value).__name__}.")
-    arr = jnp.asarray(value)
+    with jax.ensure_compile_time_eval():  # a Python number stays concrete inside an outer jit
+        arr = jnp.asarray(value)
     if arr.ndim != 0 or not (
         jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
     ):
         raise TypeError(f"`{name}` must be a real scalar, got {arr.dtype}{list(arr.shape)}.")
-    arr = arr.astype(jnp.result_type(float))
+    with jax.ensure_compile_time_eval():
+        arr = arr.astype(jnp.result_type(float))
     bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
     if is_concrete(arr):
         v = float(arr)

@@ -34,10 +34,19 @@ def _levy_area(solver):
 
 
 def _host_grid(process, num_steps, grid, t_eps, t_max, rho, save_times) -> np.ndarray:
-    """The decreasing time grid with the save times merged in (so the solver lands on them)."""
-    if save_times is not None and not (is_concrete(t_eps) and is_concrete(t_max)):
+    """The decreasing time grid with the save times merged in (so the solver lands on them).
+
+    Computed now when `t_eps` and `t_max` are concrete, also inside an outer `jit`: the Brownian
+    increments are keyed on the step times, so the same key then gives the same samples.
+    """
+    concrete = is_concrete(t_eps) and is_concrete(t_max) and is_concrete(rho)
+    if save_times is not None and not concrete:
         raise TypeError("`save_times` with a traced `t_eps` or `t_max` is not supported.")
-    ts = drv.time_grid(process, num_steps, grid, t_eps, t_max, rho)
+    if concrete:
+        with jax.ensure_compile_time_eval():
+            ts = drv.time_grid(process, num_steps, grid, t_eps, t_max, rho)
+    else:
+        ts = drv.time_grid(process, num_steps, grid, t_eps, t_max, rho)
     if save_times is None:
         return ts
     ts = np.asarray(ts)
