@@ -168,21 +168,20 @@ def main(argv=None) -> dict:
     labels = jnp.repeat(jnp.arange(NUM_CLASSES), args.per_class)
     accuracy = {}
 
-    def eps_cond(xt, t, yy):
-        return apply(params, xt, t, yy)
+    cond = dj.Model(apply, vp, "eps", params=params)  # called as cond(x, t, labels)
 
     for i, weight in enumerate(args.weight):
-        model = guidance.classifier_free(eps_cond, labels, NUM_CLASSES, weight)
+        model = guidance.classifier_free(cond, labels, NUM_CLASSES, weight)
         start = time.perf_counter()
         samples, info = samplers.dpm_solver(
-            k_sample, model, vp, (labels.shape[0], 8, 8, 1), num_steps=args.sampler_steps
+            k_sample, model, (labels.shape[0], 8, 8, 1), num_steps=args.sampler_steps
         )
         samples = jax.block_until_ready(jnp.clip(samples, -1.0, 1.0))
         t_sample = time.perf_counter() - start
         hits = np.asarray(classify(samples) == labels).reshape(NUM_CLASSES, args.per_class)
         accuracy[weight] = float(hits.mean())
         print(
-            f"w = {weight}: sampling {t_sample:.1f} s (first: with compile), nfe {int(info['nfe'])} on a [2B] batch"
+            f"w = {weight}: sampling {t_sample:.1f} s (first: with compile), nfe {int(info.nfe)} on a [2B] batch"
         )
         print(
             "  per-class accuracy: " + " ".join(f"{d}:{h:.1f}" for d, h in enumerate(hits.mean(1)))

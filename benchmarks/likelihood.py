@@ -10,36 +10,39 @@ from __future__ import annotations
 
 import time
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.tree_util import Partial
 from scipy.integrate import solve_ivp
 
+import diffjax as dj
 from benchmarks.config import Config
 from benchmarks.overhead import _exact_divergence
 from benchmarks.timing import compare, measure, ms, table
-from diffjax import forward, losses, nets, training
+from diffjax import losses, nets, training
 from diffjax.data import digits, eight_gaussians_params
-from diffjax.distributions import GaussianMixture, exact_score
-from diffjax.likelihood import bits_per_dim, dequantize, log_prob
-from diffjax.sde import VPSDE
+from diffjax.distributions import GaussianMixture, exact_model
+from diffjax.likelihood import Exact, Hutchinson, bits_per_dim, dequantize, log_prob
 
 RTOL = ATOL = 1e-5
 T_EPS = 1e-5
 
 
-def scipy_log_prob(score_fn, sde):
+def scipy_log_prob(model: dj.Model):
     """`fn(x) -> (logp [B], nfe)`: RK45 on the host over a jitted drift + exact divergence.
 
-    The jitted field is made once here, so only the first call of `fn` compiles it.
+    The drift is the process' `probability_flow_drift` at the model's score (not the library's
+    velocity form). The jitted field is made once here, so only the first call of `fn` compiles it.
     """
+    sde = model.process
 
     @jax.jit
     def field(t, x):
-        return _exact_divergence(lambda y: sde.probability_flow_drift(score_fn, y, t), x)
+        drift = lambda y: sde.probability_flow_drift(model.score(y, t), y, t)
+        return _exact_divergence(drift, x)
 
     def fn(x):
         batch, dim = x.shape
@@ -62,9 +65,15 @@ def random_mixture(key, event_shape, k: int = 10, std: float = 0.3) -> GaussianM
     return GaussianMixture(jnp.full((k,), 1 / k), means, jnp.full((k,), std))
 
 
-def _nll_fn(score_fn, sde, divergence, key=None):
+
+def _controller(tol: float):
+    return diffrax.PIDController(rtol=tol, atol=tol, norm=dj.likelihood.per_example_max_rms)
+
+
+def _nll_fn(model, divergence, key=None):
+    controller = _controller(RTOL)
     return jax.jit(
-        lambda x: log_prob(score_fn, sde, x, key=key, divergence=divergence, rtol=RTOL, atol=ATOL)
+        lambda x: log_prob(model, x, key=key, divergence=divergence, stepsize_controller=controller)
     )
 
 
@@ -80,19 +89,22 @@ def _memory(compiled) -> str:
 
 
 def two_d(cfg: Config, compile_rows: list) -> list[str]:
-    sde = VPSDE()
+    sde = dj.VPSDE()
     dist = GaussianMixture(*eight_gaussians_params())
-    score = exact_score(dist, sde)
+    score = exact_model(dist, sde)
     x = dist.sample(jax.random.key(0), cfg.nll_points)
     probe_key = jax.random.key(1)
-    exact, hutch = _nll_fn(score, sde, "exact"), _nll_fn(score, sde, "hutchinson", probe_key)
+    exact, hutch = _nll_fn(score, Exact()), _nll_fn(score, Hutchinson(), probe_key)
+    controller = _controller(RTOL)
 
     def per_example(x):
-        one = lambda xi: log_prob(score, sde, xi[None], divergence="exact", rtol=RTOL, atol=ATOL)
+        one = lambda xi: log_prob(
+            score, xi[None], divergence=Exact(), stepsize_controller=controller
+        )
         return jax.vmap(lambda xi: jax.tree.map(lambda a: a[0] if a.ndim else a, one(xi)))(x)
 
     vmapped = jax.jit(per_example)
-    scipy_fn = scipy_log_prob(score, sde)
+    scipy_fn = scipy_log_prob(score)
     print("  likelihood: 2-D, diffjax vs scipy", flush=True)
     res = compare(
         {
@@ -147,11 +159,11 @@ def two_d(cfg: Config, compile_rows: list) -> list[str]:
 
 
 def images(cfg: Config, compile_rows: list) -> list[str]:
-    sde = VPSDE()
+    sde = dj.VPSDE()
     key = jax.random.key(2)
     mix = random_mixture(key, (8, 8, 1))
     xi = mix.sample(jax.random.key(3), cfg.mixture_batch)
-    fn = _nll_fn(exact_score(mix, sde), sde, "hutchinson", jax.random.key(4))
+    fn = _nll_fn(exact_model(mix, sde), Hutchinson(), jax.random.key(4))
     print("  likelihood: [B, 8, 8, 1] mixture", flush=True)
     t, (logp, info) = measure(lambda: fn(xi), cfg.repeats)
     compile_rows.append(("likelihood.log_prob [B,8,8,1] mixture (hutchinson)", t.compile))
@@ -163,7 +175,7 @@ def images(cfg: Config, compile_rows: list) -> list[str]:
 
 
 def digits_bpd(cfg: Config, compile_rows: list) -> list[str]:
-    sde = VPSDE()
+    sde = dj.VPSDE()
     x_all, _ = digits()
     model = nets.UNet(1, time_scale=1000.0, rngs=nnx.Rngs(0))
     apply, params = nets.split(model)
@@ -186,9 +198,10 @@ def digits_bpd(cfg: Config, compile_rows: list) -> list[str]:
 
     levels = jnp.round((x_all[: cfg.digits_batch] + 1.0) * 8.0)  # integers 0..16
     x = dequantize(jax.random.key(6), levels, data_range=17)
-    score = forward.score_from_eps(Partial(apply, state.params), sde)
+    model = dj.Model(apply, sde, "eps", params=state.params)
     tol = cfg.digits_tol
-    fn = lambda x: log_prob(score, sde, x, key=jax.random.key(7), rtol=tol, atol=tol)
+    controller = _controller(tol)
+    fn = lambda x: log_prob(model, x, key=jax.random.key(7), stepsize_controller=controller)
     print("  likelihood: digits bits/dim", flush=True)
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(x).compile()  # ahead of time: runs are too noisy to subtract

@@ -1,12 +1,12 @@
 """Overhead of each sampler and of `likelihood.log_prob` over the network floor.
 
 The network is a fixed `nets.MLP(2, hidden=(256, 256, 256))` on a `[batch, 2]` state. The floor
-is the same network evaluated `info["nfe"]` times in one jitted `lax.scan`, the state carried
+is the same network evaluated `info.nfe` times in one jitted `lax.scan`, the state carried
 through it (`x <- x + 1e-3 net(x, t)`) so nothing can be hoisted; for `log_prob` the floor
 evaluates the same vector field as the solver does (network, `jax.linearize` and the exact
-divergence from `D` JVPs). Each sampler is timed as a user calls it (`samplers.ddim(key, ...)`,
-argument checks included) and wrapped in one `jax.jit` (checks at trace time only), back to back
-with its floor.
+divergence from `D` JVPs). Each sampler is timed as a user calls it (`samplers.ddim(key, model,
+...)` with the network wrapped once in a `dj.Model`, argument checks included) and wrapped in one
+`jax.jit` (checks at trace time only), back to back with its floor.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.tree_util import Partial
 
+import diffjax as dj
 from benchmarks.config import Config
 from benchmarks.timing import compare, ms, table
 from diffjax import likelihood, nets, samplers, schedules
 from diffjax.data import eight_gaussians
-from diffjax.sde import VPSDE
 
 TARGET = 1.15
 
@@ -65,26 +64,31 @@ def floors(apply):
 
 
 def sampler_cases(cfg: Config) -> dict:
-    """name -> `fn(key, model) -> (samples, info)` with about `cfg.nfe` evaluations."""
+    """name -> `(process, fn(key, model) -> (samples, info))` with about `cfg.nfe` evaluations;
+    `model` is an eps `dj.Model` on `process`."""
     shape = (cfg.batch, 2)
     n, half = cfg.nfe, (cfg.nfe - 1) // 2
-    sde, schedule = VPSDE(), schedules.linear(1000)
+    sde, schedule = dj.VPSDE(), schedules.linear(1000)
     short = schedules.linear(n)
     return {
-        f"ddpm (T={n} schedule)": lambda k, m: samplers.ddpm(k, m, short, shape),
-        f"ddim ({n} steps)": lambda k, m: samplers.ddim(k, m, schedule, shape, num_steps=n),
-        f"reverse_sde (Euler, {n - 1} steps)": lambda k, m: samplers.reverse_sde(
-            k, m, sde, shape, num_steps=n - 1
+        f"ddpm (T={n} schedule)": (short, lambda k, m: samplers.ddpm(k, m, shape)),
+        f"ddim ({n} steps)": (schedule, lambda k, m: samplers.ddim(k, m, shape, num_steps=n)),
+        f"reverse_sde (Euler, {n - 1} steps)": (
+            sde,
+            lambda k, m: samplers.reverse_sde(k, m, shape, num_steps=n - 1),
         ),
-        f"predictor_corrector ({half} steps, 1 corrector)": lambda k, m: (
-            samplers.predictor_corrector(k, m, sde, shape, num_steps=half)
+        f"predictor_corrector ({half} steps, 1 corrector)": (
+            sde,
+            lambda k, m: samplers.predictor_corrector(k, m, shape, num_steps=half),
         ),
-        f"ode (Heun, {half} steps)": lambda k, m: samplers.ode(k, m, sde, shape, num_steps=half),
-        f"dpm_solver (2M, {n - 1} steps)": lambda k, m: samplers.dpm_solver(
-            k, m, sde, shape, num_steps=n - 1, order=2
+        f"ode (Heun, {half} steps)": (sde, lambda k, m: samplers.ode(k, m, shape, num_steps=half)),
+        f"dpm_solver (2M, {n - 1} steps)": (
+            sde,
+            lambda k, m: samplers.dpm_solver(k, m, shape, num_steps=n - 1, order=2),
         ),
-        f"dpm_solver (3M, {n - 1} steps)": lambda k, m: samplers.dpm_solver(
-            k, m, sde, shape, num_steps=n - 1, order=3
+        f"dpm_solver (3M, {n - 1} steps)": (
+            sde,
+            lambda k, m: samplers.dpm_solver(k, m, shape, num_steps=n - 1, order=3),
         ),
     }
 
@@ -105,21 +109,25 @@ def _row(name, nfe, timings, first, compile_rows):
 
 def run(cfg: Config, compile_rows: list) -> str:
     apply, params = mlp()
-    model = Partial(apply, params)
     network_floor, vf_floor = floors(apply)
     key = jax.random.key(0)
     x = jax.random.normal(jax.random.key(1), (cfg.batch, 2))
     rows = []
-    for name, case in sampler_cases(cfg).items():
+    for name, (process, case) in sampler_cases(cfg).items():
         print(f"  overhead: {name}", flush=True)
+        model = dj.Model(apply, process, "eps", params=params)
         start = time.perf_counter()
-        nfe = int(case(key, model)[1]["nfe"])  # the first call: trace, compile, run
+        nfe = int(case(key, model)[1].nfe)  # the first call: trace, compile, run
         first = time.perf_counter() - start
-        jitted = jax.jit(lambda k, p, case=case: case(k, Partial(apply, p))[0])
+        jitted = jax.jit(
+            lambda k, p, case=case, process=process: case(
+                k, dj.Model(apply, process, "eps", params=p)
+            )[0]
+        )
         timings = compare(
             {
                 "floor": lambda nfe=nfe: network_floor(params, x, nfe),
-                "public": lambda case=case: case(key, model)[0],
+                "public": lambda case=case, model=model: case(key, model)[0],
                 "jit": lambda jitted=jitted: jitted(key, params),
             },
             cfg.repeats,
@@ -128,9 +136,11 @@ def run(cfg: Config, compile_rows: list) -> str:
 
     print("  overhead: log_prob", flush=True)
     data = eight_gaussians(jax.random.key(2), cfg.batch)
-    nll = lambda d, m: likelihood.log_prob(m, VPSDE(), d, divergence="exact")
+    sde = dj.VPSDE()
+    model = dj.Model(apply, sde, "eps", params=params)
+    nll = lambda d, m: likelihood.log_prob(m, d, divergence=likelihood.Exact())
     nfe = int(nll(data, model)[1]["nfe"])
-    jitted = jax.jit(lambda d, p: nll(d, Partial(apply, p))[0])
+    jitted = jax.jit(lambda d, p: nll(d, dj.Model(apply, sde, "eps", params=p))[0])
     timings = compare(
         {
             "floor": lambda: vf_floor(params, data, nfe),

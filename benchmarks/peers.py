@@ -17,14 +17,13 @@ import os
 import jax
 import jax.numpy as jnp
 import optax
-from jax.tree_util import Partial
 
+import diffjax as dj
 from benchmarks.config import Config
 from benchmarks.overhead import mlp
 from benchmarks.timing import compare, ms, table
 from diffjax import losses, samplers, schedules, training
 from diffjax.data import eight_gaussians
-from diffjax.sde import VPSDE
 
 
 def torch_mlp(dim: int = 2, hidden=(256, 256, 256), embed_dim: int = 128):
@@ -85,11 +84,10 @@ def run(cfg: Config, compile_rows: list) -> str:
     torch.manual_seed(0)
     B, T = cfg.batch, 1000
     apply, params = mlp()
-    model = Partial(apply, params)
     net = torch_mlp().eval()
     key = jax.random.key(0)
     schedule = schedules.linear(T)
-    sde = VPSDE.from_ddpm(T)
+    sde = dj.VPSDE.from_ddpm(T)
     kw = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     rows = []
 
@@ -97,9 +95,10 @@ def run(cfg: Config, compile_rows: list) -> str:
     ddpm_sched = diffusers.DDPMScheduler(**kw, clip_sample=False)
     steps, B_ddpm = cfg.ddpm_steps, cfg.ddpm_batch
     ddpm_schedule = schedule if steps == T else schedules.linear(steps)
+    ddpm_model = dj.Model(apply, ddpm_schedule, "eps", params=params)
     res = compare(
         {
-            "ours": lambda: samplers.ddpm(key, model, ddpm_schedule, (B_ddpm, 2))[0],
+            "ours": lambda: samplers.ddpm(key, ddpm_model, (B_ddpm, 2))[0],
             "theirs": lambda: _diffusers_sample(net, ddpm_sched, steps, B_ddpm),
         },
         cfg.repeats,
@@ -111,9 +110,10 @@ def run(cfg: Config, compile_rows: list) -> str:
     dpm_sched = diffusers.DPMSolverMultistepScheduler(
         **kw, algorithm_type="dpmsolver++", solver_order=2
     )
+    model = dj.Model(apply, sde, "eps", params=params)
     res = compare(
         {
-            "ours": lambda: samplers.dpm_solver(key, model, sde, (B, 2), num_steps=20)[0],
+            "ours": lambda: samplers.dpm_solver(key, model, (B, 2), num_steps=20)[0],
             "theirs": lambda: _diffusers_sample(net, dpm_sched, 20, B),
         },
         cfg.repeats,

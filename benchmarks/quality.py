@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import diffjax as dj
 from benchmarks.config import Config
 from benchmarks.timing import table
 from diffjax import samplers, schedules
 from diffjax.data import EIGHT_GAUSSIANS_STD, eight_gaussians_params
-from diffjax.distributions import GaussianMixture, exact_eps, exact_score
+from diffjax.distributions import GaussianMixture, exact_model
 from diffjax.metrics import energy_distance
-from diffjax.sde import VPSDE
 
 T = 1000
 
@@ -42,29 +42,30 @@ def mode_std_error(x, means, std: float = EIGHT_GAUSSIANS_STD) -> float:
 
 def ours(dist, n: int) -> dict:
     """name -> `fn(key, nfe) -> (samples, actual nfe)`."""
-    schedule, sde = schedules.linear(T), VPSDE.from_ddpm(T)
-    eps_d, eps_c, score = exact_eps(dist, schedule), exact_eps(dist, sde), exact_score(dist, sde)
+    schedule, sde = schedules.linear(T), dj.VPSDE.from_ddpm(T)
+    eps_d, eps_c = exact_model(dist, schedule, "eps"), exact_model(dist, sde, "eps")
+    score = exact_model(dist, sde, "score")
     shape = (n, 2)
 
     def pair(out):
-        return out[0], int(out[1]["nfe"])
+        return out[0], int(out[1].nfe)
 
     return {
-        "ddim (uniform)": lambda k, m: pair(samplers.ddim(k, eps_d, schedule, shape, num_steps=m)),
+        "ddim (uniform)": lambda k, m: pair(samplers.ddim(k, eps_d, shape, num_steps=m)),
         "ddim (trailing)": lambda k, m: pair(
-            samplers.ddim(k, eps_d, schedule, shape, num_steps=m, spacing="trailing")
+            samplers.ddim(k, eps_d, shape, num_steps=m, grid="trailing")
         ),
         "dpm_solver order 2": lambda k, m: pair(
-            samplers.dpm_solver(k, eps_c, sde, shape, num_steps=m - 1, order=2)
+            samplers.dpm_solver(k, eps_c, shape, num_steps=m - 1, order=2)
         ),
         "dpm_solver order 3": lambda k, m: pair(
-            samplers.dpm_solver(k, eps_c, sde, shape, num_steps=m - 1, order=3)
+            samplers.dpm_solver(k, eps_c, shape, num_steps=m - 1, order=3)
         ),
         "predictor_corrector": lambda k, m: pair(
-            samplers.predictor_corrector(k, score, sde, shape, num_steps=max((m - 1) // 2, 1))
+            samplers.predictor_corrector(k, score, shape, num_steps=max((m - 1) // 2, 1))
         ),
         "ode (Heun)": lambda k, m: pair(
-            samplers.ode(k, score, sde, shape, num_steps=max((m - 1) // 2, 1))
+            samplers.ode(k, score, shape, num_steps=max((m - 1) // 2, 1))
         ),
     }
 
@@ -74,7 +75,8 @@ def theirs(dist, n: int) -> dict:
     import diffusers
     import torch
 
-    eps_fn = jax.jit(exact_eps(dist, schedules.linear(T)))
+    eps_model = exact_model(dist, schedules.linear(T), "eps")
+    eps_fn = jax.jit(lambda x, t: eps_model(x, t))
     kw = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     makers = {
         "diffusers DDIM": lambda: diffusers.DDIMScheduler(**kw, clip_sample=False),

@@ -54,7 +54,7 @@ from diffjax.model import Model
 from diffjax.samplers import _driver as drv
 from diffjax.samplers.sde import _reraise_solver_error
 
-__all__ = ["Exact", "Hutchinson", "bits_per_dim", "dequantize", "log_prob"]
+__all__ = ["Exact", "Hutchinson", "bits_per_dim", "dequantize", "log_prob", "per_example_max_rms"]
 
 PROBES = ("rademacher", "gaussian")
 # Exact divergence: basis tangents pushed through the linearised drift in chunks of this size,
@@ -62,7 +62,7 @@ PROBES = ("rademacher", "gaussian")
 _EXACT_CHUNK = 64
 
 
-def _batch_max_rms(err) -> Array:
+def per_example_max_rms(err) -> Array:
     """Step-size norm: the largest per-example RMS of the scaled error `(x, delta_logp)`.
 
     The whole batch is one ODE state, so the adaptive step is shared; taking the max over
@@ -151,8 +151,8 @@ def log_prob(
 
     Other arguments:
         solver: an adaptive diffrax solver; default `diffrax.Tsit5()`.
-        stepsize_controller: default `PIDController(rtol=1e-5, atol=1e-5)` with an error norm
-            that is the largest per-example RMS (the batch is one state sharing one step, so
+        stepsize_controller: default `PIDController(rtol=1e-5, atol=1e-5,
+            norm=per_example_max_rms)`, an error norm that is the largest per-example RMS (the batch is one state sharing one step, so
             each example meets the tolerances; a `vmap` of single examples gives the same
             log-densities to the tolerances, not to round-off).
         t_eps: start time in `(0, t_max)`, may be traced (checked at run time). Default `1e-5`
@@ -179,8 +179,6 @@ def log_prob(
             f"`x` must have shape [B, *event] with at least one event axis "
             f"([B, 1] for scalars), got {x.shape}."
         )
-    if x.dtype == jnp.bfloat16 or x.dtype == jnp.float16:
-        x = x.astype(jnp.float32)  # the solve runs in float32 at least
     divergence = Hutchinson() if divergence is None else divergence
     if not isinstance(divergence, Exact | Hutchinson):
         raise TypeError(
@@ -190,7 +188,7 @@ def log_prob(
     max_steps = check_positive_int(max_steps, "max_steps")
     solver = drv.check_solver(solver, diffrax.Tsit5())
     controller = drv.check_controller(
-        stepsize_controller, diffrax.PIDController(rtol=1e-5, atol=1e-5, norm=_batch_max_rms)
+        stepsize_controller, diffrax.PIDController(rtol=1e-5, atol=1e-5, norm=per_example_max_rms)
     )
     if not isinstance(solver, diffrax.AbstractAdaptiveSolver) and isinstance(
         controller, diffrax.AbstractAdaptiveStepSizeController
@@ -204,7 +202,9 @@ def log_prob(
         raise TypeError(
             f"`prior_log_prob_fn` must be callable, got {type(prior_log_prob_fn).__name__}."
         )
-    model = _check_likelihood_model(model, x, args, process)
+    model, out_dtype = _check_likelihood_model(model, x, args, process)
+    # The solve runs in float32 at least (bfloat16 data is promoted), and in the model's dtype.
+    x = x.astype(jnp.promote_types(jnp.promote_types(x.dtype, out_dtype), jnp.float32))
     t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
     batch = x.shape[0]
     prior_out = jax.eval_shape(prior_log_prob_fn or model.process.prior_log_prob, x)
@@ -236,8 +236,8 @@ def log_prob(
     return logp, info
 
 
-def _check_likelihood_model(model, x, args, process) -> Model:
-    """A continuous `Model` whose output has the shape of `x` (checked abstractly)."""
+def _check_likelihood_model(model, x, args, process) -> tuple[Model, jnp.dtype]:
+    """A continuous `Model` whose output has the shape of `x` (checked abstractly), and its dtype."""
     if not isinstance(model, Model):
         raise TypeError(
             f"`model` must be a diffjax.Model on a continuous process, got {type(model).__name__}."
@@ -250,7 +250,7 @@ def _check_likelihood_model(model, x, args, process) -> Model:
         )
     t_batch = jax.ShapeDtypeStruct(x.shape[:1], x.dtype)
     try:
-        out = jax.eval_shape(model, x, t_batch, *args)
+        out = jax.eval_shape(lambda x, t, *a: model(x, t, *a), x, t_batch, *args)
     except Exception as err:  # noqa: BLE001 -- report which argument failed, keep the cause
         raise ValueError(
             f"`model` could not be called as model(x {x.shape}, t [{x.shape[0]}], *args): {err}"
@@ -260,7 +260,9 @@ def _check_likelihood_model(model, x, args, process) -> Model:
             f"`model(x, t)` must return an array of the shape of `x` {x.shape}, "
             f"got {getattr(out, 'shape', type(out).__name__)}."
         )
-    return model
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"`model` must return a real floating array, got dtype {out.dtype}.")
+    return model, out.dtype
 
 
 @eqx.filter_jit

@@ -545,7 +545,7 @@ def classifier(
     batch = x0.shape[0]
     if isinstance(process, DiscreteSchedule):
         t = jax.random.randint(t_key, (batch,), 1, process.num_steps + 1)
-    elif isinstance(process, AbstractSDE):
+    elif isinstance(process, AbstractProcess):
         t_eps = check_t_eps(t_eps, process.T)
         t = jax.random.uniform(t_key, (batch,), x0.dtype, t_eps, process.T)
     else:

@@ -2,11 +2,13 @@
 
 A run is described by a `configs.Config`. `build(config)` turns it into a `Run`: the data
 (train and held-out), the network as a pure `apply(params, x, t[, y])`, the forward process
-the model was trained with, and its two *views*:
+the model was trained with, and its two *views*, each a `dj.Model` (`Run.model`: the network,
+its parameters, a process, the prediction kind and a time map from the view's time to the
+network's):
 
-- continuous: `eps(x, t)` / `score(x, t)` for an SDE (reverse SDE, PC, PF-ODE, DPM-Solver,
-  likelihood);
-- discrete: `eps(x, i)` for a DDPM schedule, integer `i` in `1..N` (DDPM, DDIM, the DDPM bound).
+- continuous (`Run.sde`, any continuous process): reverse SDE, PC, PF-ODE, DPM-Solver, the
+  likelihood, and DDIM for models without a discrete view;
+- discrete (`Run.schedule`, a DDPM schedule, integer `i` in `1..N`): DDPM, DDIM, the DDPM bound.
 
 A model trained on the VP SDE is used as a discrete model on `VPSDE.to_ddpm(N)`, the linear
 schedule with `beta_i = beta(i/N) / N`, by calling it at `t = i T / N`: the schedule's
@@ -14,8 +16,8 @@ schedule with `beta_i = beta(i/N) / N`, by calling it at `t = i T / N`: the sche
 SDE's `mean_coeff(t)^2`, so the network's `eps(x_t, t)` is the right noise estimate at step
 `i`. Conversely a model trained on a linear DDPM schedule is a continuous VP model on
 `VPSDE.from_ddpm(N, beta_start, beta_end)`, called at `i = t N / T` (a fractional step, which
-the sinusoidal time embedding accepts). Sub-VP and VE models have no discrete view, cosine
-schedules no continuous one.
+the sinusoidal time embedding accepts). Sub-VP, VE, EDM, rectified-flow and cosine-path models
+and velocity predictions have no discrete view, cosine schedules no continuous one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import time
 from typing import Any
 
+import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +39,7 @@ from configs import SCHEDULES, SDES, Config, UsageError, config_from_json
 from flax import nnx
 
 import diffjax as dj
-from diffjax import data, forward, guidance, likelihood, losses, nets, samplers, training
+from diffjax import data, guidance, likelihood, losses, nets, samplers, training
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -133,13 +137,19 @@ def load_data(config: Config) -> Dataset:
 
 
 def make_process(config: Config):
-    """The forward process the model is trained with: an SDE or a DDPM schedule."""
+    """The forward process the model is trained with: a continuous process or a DDPM schedule."""
     if config.process == "vp":
         return dj.VPSDE(config.beta_min, config.beta_max)
     if config.process == "subvp":
         return dj.SubVPSDE(config.beta_min, config.beta_max)
     if config.process == "ve":
         return dj.VESDE(config.sigma_min, config.sigma_max)
+    if config.process == "edm":
+        return dj.EDM(config.sigma_min, config.sigma_max)
+    if config.process == "rectified_flow":
+        return dj.RectifiedFlow()
+    if config.process == "cosine_path":
+        return dj.Cosine()
     if config.process == "linear":
         return dj.schedules.linear(config.num_timesteps, config.beta_start, config.beta_end)
     return dj.schedules.cosine(config.num_timesteps)
@@ -148,10 +158,17 @@ def make_process(config: Config):
 def check_config(config: Config, dataset: Dataset) -> None:
     """Combinations the library cannot train, reported before anything is compiled."""
     if config.loss == "dsm" and config.process not in SDES:
-        raise UsageError(f"--loss dsm needs an SDE ({', '.join(SDES)}), got {config.process}.")
+        raise UsageError(
+            f"--loss dsm needs a continuous process ({', '.join(SDES)}), got {config.process}."
+        )
     if config.loss == "ddpm" and config.process not in SCHEDULES:
         raise UsageError(
             f"--loss ddpm needs a schedule ({', '.join(SCHEDULES)}), got {config.process}."
+        )
+    if config.prediction == "velocity" and config.process in SCHEDULES:
+        raise UsageError(
+            f"--prediction velocity needs a continuous process ({', '.join(SDES)}), "
+            f"got {config.process}."
         )
     if config.loss == "ddpm" and config.weighting != "simple":
         raise UsageError("--weighting applies to --loss dsm only; the ddpm loss is unweighted.")
@@ -181,7 +198,7 @@ def check_config(config: Config, dataset: Dataset) -> None:
 def make_network(config: Config, dataset: Dataset, process):
     """`(apply, params)` of the network (`diffjax.nets`), initialised from `seed`."""
     time_scale = config.time_scale or (
-        1000.0 / process.T if isinstance(process, dj.sde.AbstractSDE) else 1.0
+        1000.0 / process.T if isinstance(process, dj.AbstractProcess) else 1.0
     )
     num_classes = dataset.num_classes if config.conditional else None
     rngs = nnx.Rngs(config.seed)
@@ -267,6 +284,25 @@ def make_loss_fn(config: Config, dataset: Dataset, apply, process):
 # ----------------------------------------------------------------------------- the run
 
 
+class TimeScale(eqx.Module):
+    """`t -> factor * t`: a view's time in the network's (native) time, a `dj.Model` time map."""
+
+    factor: float = eqx.field(static=True)
+
+    def __call__(self, t):
+        return self.factor * t
+
+
+class WithLabels(eqx.Module):
+    """`model(x, t, labels)` with the labels (a scalar or `[B]`) bound: `fn(x, t)`."""
+
+    model: dj.Model
+    labels: Any
+
+    def __call__(self, x, t):
+        return self.model(x, t, jnp.broadcast_to(self.labels, x.shape[:1]))
+
+
 @dataclasses.dataclass
 class Run:
     """Everything built from a config: data, network, optimiser, process and its views."""
@@ -277,7 +313,7 @@ class Run:
     init_params: Any
     optimizer: Any
     process: Any
-    sde: Any  # continuous view (AbstractSDE) or None
+    sde: Any  # continuous view (dj.AbstractProcess) or None
     schedule: Any  # discrete view (DiscreteSchedule) or None
 
     @property
@@ -289,39 +325,35 @@ class Run:
             self.init_params, self.optimizer, ema_decay=self.ema_decay
         )
 
-    def raw_fn(self, params, label=None, weight: float = 0.0):
-        """`fn(x, t_native) -> network output`; conditional models get `label` (an int, `[B]`
-        labels, or `None` for the null label) with classifier-free guidance weight `weight`."""
+    def model(self, params, *, discrete: bool = False, label=None, weight: float = 0.0) -> dj.Model:
+        """The network with `params` as a `dj.Model` on the continuous view `self.sde` or,
+        with `discrete`, on the discrete view `self.schedule` (see the module docstring).
+
+        Conditional models get `label` (an int, `[B]` labels, or `None` for the null label)
+        and, with `weight > 0`, classifier-free guidance of that weight (`dj.classifier_free`);
+        the result takes `(x, t)` only.
+        """
+        process = self.schedule if discrete else self.sde
+        if process is None:
+            kind = "discrete" if discrete else "continuous"
+            raise UsageError(f"a {self.config.process} model has no {kind} view.")
+        time_map = None
+        if process is not self.process:  # the time of the view -> the network's time
+            if discrete:  # a VP model at t = i T / N
+                time_map = TimeScale(self.process.T / process.num_steps)
+            else:  # a linear-schedule model at i = t N / T
+                time_map = TimeScale(self.process.num_steps / process.T)
+        model = dj.Model(
+            self.apply, process, self.config.prediction, params=params, time_map=time_map
+        )
         if not self.config.conditional:
-            return lambda x, t: self.apply(params, x, t)
-        null = self.dataset.num_classes
-        cond = lambda x, t, y: self.apply(params, x, t, y)
-        if label is None:
-            return lambda x, t: cond(x, t, jnp.full(x.shape[:1], null, jnp.int32))
-        return guidance.classifier_free(cond, label, null, weight)
-
-    def eps_continuous(self, params, label=None, weight: float = 0.0):
-        """`eps(x, t)` with float `t` in `[0, T]` of `self.sde` (see the module docstring)."""
-        raw = self.raw_fn(params, label, weight)
-        if isinstance(self.process, dj.schedules.DiscreteSchedule):
-            n = self.config.num_timesteps / self.sde.T
-            fn = lambda x, t: raw(x, t * n)
-        else:
-            fn = raw
-        return forward.convert(fn, self.sde, source=self.config.prediction, target="eps")
-
-    def score_continuous(self, params, label=None, weight: float = 0.0):
-        return forward.score_from_eps(self.eps_continuous(params, label, weight), self.sde)
-
-    def eps_discrete(self, params, label=None, weight: float = 0.0):
-        """`eps(x, i)` with integer `i` in `1..N` of `self.schedule`."""
-        raw = self.raw_fn(params, label, weight)
-        if isinstance(self.process, dj.sde.AbstractSDE):
-            dt = self.process.T / self.schedule.num_steps
-            fn = lambda x, i: raw(x, i * dt)
-        else:
-            fn = raw
-        return forward.convert(fn, self.schedule, source=self.config.prediction, target="eps")
+            return model
+        if label is None or (isinstance(weight, (int, float)) and weight == 0):
+            labels = self.dataset.num_classes if label is None else label
+            return dj.Model(
+                WithLabels(model, jnp.asarray(labels, jnp.int32)), process, model.prediction
+            )
+        return dj.classifier_free(model, label, self.dataset.num_classes, weight)
 
 
 def build(config: Config) -> Run:
@@ -332,9 +364,10 @@ def build(config: Config) -> Run:
     process = make_process(config)
     apply, params = make_network(config, dataset, process)
     sde = schedule = None
-    if isinstance(process, dj.sde.AbstractSDE):
+    if isinstance(process, dj.AbstractProcess):
         sde = process
-        if isinstance(process, dj.VPSDE):
+        # A velocity (dx/dt of the PF-ODE) has no meaning on a discrete chain.
+        if isinstance(process, dj.VPSDE) and config.prediction != "velocity":
             schedule = process.to_ddpm(config.num_timesteps)
     else:
         schedule = process
@@ -403,15 +436,17 @@ DEFAULT_STEPS = {"ddpm": 0, "ddim": 50, "reverse_sde": 500, "pc": 250, "ode": 0,
 
 
 def check_sampler(run: Run, sampler: str) -> None:
-    discrete = sampler in ("ddpm", "ddim")
-    if discrete and run.schedule is None:
+    """ddpm needs the discrete view; ddim takes either (the discrete one when there is one);
+    the others need the continuous view."""
+    if sampler == "ddpm" and run.schedule is None:
         raise UsageError(
-            f"sampler {sampler} needs a discrete schedule: use a vp, linear or cosine model."
+            "sampler ddpm needs a discrete schedule: use a vp (not velocity-predicting), "
+            "linear or cosine model."
         )
-    if not discrete and run.sde is None:
-        raise UsageError(f"sampler {sampler} needs an SDE: cosine-schedule models use ddpm/ddim.")
-    if sampler == "dpm_solver" and not isinstance(run.sde, dj.VPSDE):
-        raise UsageError("sampler dpm_solver needs a VP model (vp or linear).")
+    if sampler not in ("ddpm", "ddim") and run.sde is None:
+        raise UsageError(
+            f"sampler {sampler} needs a continuous process: cosine-schedule models use ddpm/ddim."
+        )
 
 
 def labels_for(run: Run, label: str, num: int):
@@ -445,8 +480,10 @@ def sample(
 ):
     """`(samples [num, *event], info)` from one compiled call of a `diffjax.samplers` sampler.
 
-    `info` holds the sampler's `nfe` and `time` (seconds, compilation excluded);
-    `trajectory_times` also returns `info["trajectory"]` (see `diffjax.samplers`).
+    `info` is a dict of the sampler's `SamplerInfo` fields (`nfe`, `num_steps`, ...) and `time`
+    (seconds, compilation excluded); `trajectory_times` also returns `info["trajectory"]` (see
+    `diffjax.samplers`). ddim runs on the discrete view when the model has one, else on the
+    continuous view (log-SNR grid from the process' `t_max` to `t_eps`).
     """
     check_sampler(run, sampler)
     shape = (num, *run.dataset.event_shape)
@@ -455,35 +492,35 @@ def sample(
 
     # Labels are an argument (not a closure constant): the compiled call can be reused and
     # guidance's label checks see a tracer.
+    discrete = sampler == "ddpm" or (sampler == "ddim" and run.schedule is not None)
+
     @jax.jit
     def draw(params, key, labels):
-        if sampler in ("ddpm", "ddim"):
-            eps = run.eps_discrete(params, labels, weight)
-            if sampler == "ddpm":
-                return samplers.ddpm(key, eps, run.schedule, shape, save_times=save)
-            return samplers.ddim(key, eps, run.schedule, shape, num_steps=steps, save_times=save)
+        model = run.model(params, discrete=discrete, label=labels, weight=weight)
+        if sampler == "ddpm":
+            return samplers.ddpm(key, model, shape, save_times=save)
+        if sampler == "ddim":
+            times = {} if discrete else {"t_eps": t_eps}
+            return samplers.ddim(key, model, shape, num_steps=steps, save_times=save, **times)
         if sampler == "dpm_solver":
-            eps = run.eps_continuous(params, labels, weight)
             return samplers.dpm_solver(
-                key, eps, run.sde, shape, num_steps=steps, t_eps=t_eps, save_times=save
+                key, model, shape, num_steps=steps, t_eps=t_eps, save_times=save
             )
-        score = run.score_continuous(params, labels, weight)
         if sampler == "reverse_sde":
             return samplers.reverse_sde(
-                key, score, run.sde, shape, num_steps=steps, t_eps=t_eps, save_times=save
+                key, model, shape, num_steps=steps, t_eps=t_eps, save_times=save
             )
         if sampler == "pc":
             return samplers.predictor_corrector(
-                key, score, run.sde, shape, num_steps=steps, t_eps=t_eps, save_times=save
+                key, model, shape, num_steps=steps, t_eps=t_eps, save_times=save
             )
+        adaptive = None if steps else diffrax.PIDController(rtol=1e-3, atol=1e-3)
         return samplers.ode(
             key,
-            score,
-            run.sde,
+            model,
             shape,
             num_steps=steps or None,
-            rtol=1e-3,
-            atol=1e-3,
+            stepsize_controller=adaptive,
             t_eps=t_eps,
             save_times=save,
         )
@@ -491,11 +528,12 @@ def sample(
     compiled = draw.lower(params, key, labels).compile()
     start = time.perf_counter()
     x, info = jax.block_until_ready(compiled(params, key, labels))
-    info = {**jax.tree.map(np.asarray, info), "time": time.perf_counter() - start}
+    info = {**jax.tree.map(np.asarray, info)._asdict(), "time": time.perf_counter() - start}
     return np.asarray(x), info
 
 
 # ----------------------------------------------------------------------------- likelihoods
+
 
 
 def nll(run: Run, params, x, key, *, batch: int = 500) -> dict[str, float]:
@@ -506,13 +544,18 @@ def nll(run: Run, params, x, key, *, batch: int = 500) -> dict[str, float]:
     (`likelihood.bits_per_dim` with the data's grey levels and interval).
     """
     ds = run.dataset
+    divergence = likelihood.Hutchinson(num_probes=1) if ds.is_image else likelihood.Exact()
+    controller = diffrax.PIDController(rtol=1e-4, atol=1e-4, norm=dj.likelihood.per_example_max_rms)
 
     @jax.jit
     def logp(params, x, key):
         # The marginal p(x): conditional models are evaluated with the null label.
-        kwargs = dict(divergence="exact") if not ds.is_image else dict(key=key, num_probes=1)
         lp, info = likelihood.log_prob(
-            run.score_continuous(params, None), run.sde, x, rtol=1e-4, atol=1e-4, **kwargs
+            run.model(params, label=None),
+            x,
+            key=key,
+            divergence=divergence,
+            stepsize_controller=controller,
         )
         return lp, info["nfe"]
 
@@ -554,7 +597,7 @@ def ddpm_bound(run: Run, params, x, key, *, batch: int = 128) -> dict[str, float
 
     @jax.jit
     def bound(params, x, key):
-        return losses.ddpm_vlb(run.eps_discrete(params, None), run.schedule, key, x)
+        return losses.ddpm_vlb(run.model(params, discrete=True, label=None), key, x)
 
     nats = []
     for i, start in enumerate(range(0, x.shape[0], batch)):

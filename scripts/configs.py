@@ -27,8 +27,12 @@ def opt(default, help: str, *, choices=None, resume_free: bool = False):
     return field(default=default, metadata=meta)
 
 
-SDES = ("vp", "subvp", "ve")
+SDES = ("vp", "subvp", "ve", "edm", "rectified_flow", "cosine_path")
+"""Continuous processes (`dsm` loss); `cosine_path` is `dj.Cosine`, the continuous cosine path
+(`cosine` is the DDPM schedule of Nichol & Dhariwal, kept for existing runs)."""
 SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
+"""Network outputs; `velocity` (flow matching) needs a continuous process."""
 SAMPLERS = ("ddpm", "ddim", "reverse_sde", "pc", "ode", "dpm_solver")
 
 
@@ -48,17 +52,28 @@ class Config:
     label_dropout: float = opt(0.1, "probability of the null label in training (classifier-free)")
     dequantize: bool = opt(True, "images: add uniform noise one grey level wide to training data")
     # forward process
-    process: str = opt("vp", "SDE (vp, subvp, ve) or DDPM schedule", choices=SDES + SCHEDULES)
+    process: str = opt(
+        "vp",
+        "continuous process (vp, subvp, ve, edm, rectified_flow, cosine_path) or DDPM schedule "
+        "(linear, cosine)",
+        choices=SDES + SCHEDULES,
+    )
     beta_min: float = opt(0.1, "VP/sub-VP beta(0)")
     beta_max: float = opt(20.0, "VP/sub-VP beta(T)")
-    sigma_min: float = opt(0.01, "VE sigma_min")
-    sigma_max: float = opt(10.0, "VE sigma_max (about the data's largest pairwise distance)")
+    sigma_min: float = opt(0.01, "VE/EDM sigma_min")
+    sigma_max: float = opt(
+        10.0, "VE/EDM sigma_max (about the data's largest pairwise distance; EDM: T)"
+    )
     num_timesteps: int = opt(1000, "DDPM steps T (schedules; VP models use it for ddpm/ddim/bound)")
     beta_start: float = opt(1e-4, "linear schedule beta_1")
     beta_end: float = opt(0.02, "linear schedule beta_T")
     # loss
-    loss: str = opt("dsm", "dsm (SDEs) or ddpm (schedules)", choices=("dsm", "ddpm"))
-    prediction: str = opt("eps", "network output", choices=("eps", "x0", "v", "score"))
+    loss: str = opt(
+        "dsm", "dsm (continuous processes) or ddpm (schedules)", choices=("dsm", "ddpm")
+    )
+    prediction: str = opt(
+        "eps", "network output (velocity: continuous processes only)", choices=PREDICTIONS
+    )
     weighting: str = opt(
         "simple", "dsm weighting", choices=("simple", "likelihood", "snr", "min_snr")
     )
@@ -68,7 +83,9 @@ class Config:
     hidden: tuple = opt((256, 256, 256), "mlp hidden widths")
     embed_dim: int = opt(128, "mlp time-embedding width")
     time_embedding: str = opt("sinusoidal", "time embedding", choices=("sinusoidal", "fourier"))
-    time_scale: float = opt(0.0, "t multiplier before embedding; 0: 1000/T for SDEs, 1 for steps")
+    time_scale: float = opt(
+        0.0, "t multiplier before embedding; 0: 1000/T for continuous processes, 1 for steps"
+    )
     channels: int = opt(32, "unet base channels")
     channel_mults: tuple = opt((1, 2), "unet channel multiplier per level")
     num_res_blocks: int = opt(1, "unet residual blocks per level")
@@ -117,7 +134,7 @@ class SampleOptions:
     num_samples: int = opt(0, "number of samples (0: 4000 for 2-D, 64 for images)")
     guidance: float = opt(0.0, "classifier-free guidance weight w (conditional models)")
     label: str = opt("all", "conditional models: a class, 'all' (cycle classes) or 'none'")
-    t_eps: float = opt(1e-3, "final time of the SDE samplers")
+    t_eps: float = opt(1e-3, "final time of the continuous samplers")
     ema: bool = opt(True, "use the EMA parameters when the checkpoint has them")
     seed: int = opt(0, "random seed")
     out: str = opt("", "output prefix (default <workdir>/samples_<sampler>): .png and .npz")

@@ -7,7 +7,7 @@ Reports the negative log-likelihood of held-out data through the probability-flo
 (`likelihood.log_prob`; exact divergence for 2-D data, in nats per point; Hutchinson for
 images, in bits per dimension of the integer data after uniform dequantisation), the DDPM
 variational bound (`losses.ddpm_vlb`) for models with a discrete view (see `common.py`: a VP
-model is run as an eps model of `VPSDE.to_ddpm(N)` at `t = i/N`), and for each sampler its
+model is run as a `dj.Model` on `VPSDE.to_ddpm(N)` at `t = i/N`), and for each sampler its
 number of network evaluations, the energy distance between its samples and held-out data
 (`metrics.energy_distance`, in pixel space for images) and its run time (compilation excluded).
 """
@@ -139,7 +139,7 @@ def draw_figure(run: common.Run, params, path: str, panels, key, headline: str) 
         return
     trajectories = None
     if run.sde is not None:
-        times = np.linspace(run.sde.T, 1e-3, 80)
+        times = np.linspace(run.sde.t_max, 1e-3, 80)
         _, info = common.sample(run, params, "ode", key, TRAJECTORIES, trajectory_times=times)
         trajectories = ("PF-ODE trajectories", info["trajectory"])
     plots.scatter_panels(path, ds.x_heldout, panels, trajectories, headline)

@@ -34,7 +34,7 @@ def test_score_is_grad_log_prob(name, eight_gaussians, image_mixture):
         )
         model = dj.exact_model(dist, process, "score")
         np.testing.assert_allclose(
-            eqx.filter_jit(lambda m: m(x, t))(model), dist.score(x, process, t), rtol=1e-5, atol=1e-5
+            eqx.filter_jit(lambda m, x: m(x, t))(model, x), dist.score(x, process, t), rtol=1e-5, atol=1e-5
         )
 
 

@@ -79,7 +79,8 @@ def check_model(model, shape: tuple[int, ...], *, continuous: bool, process=None
     t_dtype = jnp.result_type(float) if continuous else jnp.int32
     x = jax.ShapeDtypeStruct(shape, jnp.result_type(float))
     try:
-        out = jax.eval_shape(model, x, jax.ShapeDtypeStruct(shape[:1], t_dtype))
+        # Through a closure: eval_shape would otherwise format the model's arrays (slow).
+        out = jax.eval_shape(lambda x, t: model(x, t), x, jax.ShapeDtypeStruct(shape[:1], t_dtype))
     except Exception as err:  # the network's own error, re-raised naming the argument
         raise ValueError(
             f"`model` could not be evaluated on x of shape {shape} and t of shape {shape[:1]}: "
