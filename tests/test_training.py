@@ -267,8 +267,105 @@ def test_corrupt_or_missing_checkpoint_gives_clear_errors(tmp_path, ckpt_run):
     for name in glob.glob(str(tmp_path / "c" / "3" / "default" / "d" / "*")):
         with open(name, "r+b") as f:
             f.truncate(8)
-    with pytest.raises(ValueError, match=str(tmp_path / "c" / "3")):
-        training.restore_latest(tmp_path / "c", like)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        with pytest.raises(ValueError, match=str(tmp_path / "c" / "3")):
+            training.restore_latest(tmp_path / "c", like)
+
+
+def _distinct_state(seed: int) -> training.TrainState:
+    """A state whose arrays are large enough (16 KiB) for Orbax to store them in data files
+    rather than inline in its index, with distinct params, EMA and Adam moments."""
+    keys = jax.random.split(jax.random.key(seed), 3)
+    params = {"w": jax.random.normal(keys[0], (4096,)), "b": jax.random.normal(keys[1], (64,))}
+    state = training.create_train_state(params, optax.adam(1e-2), ema_decay=0.9)
+    step = training.make_train_step(_quadratic_loss_w, optax.adam(1e-2), ema_decay=0.9)
+    return step(state, jax.random.normal(keys[2], (8,)), keys[2])[0]
+
+
+def _quadratic_loss_w(params, batch, key):
+    del key
+    return 0.5 * jnp.sum(params["w"] ** 2) * jnp.mean(batch**2) + jnp.sum(params["b"]), {}
+
+
+def _flip_middle_byte(path) -> bytes:
+    """Flip the lowest bit of the middle byte of the file at `path`; returns the old bytes."""
+    with open(path, "rb") as f:
+        old = f.read()
+    new = bytearray(old)
+    new[len(new) // 2] ^= 1
+    with open(path, "wb") as f:
+        f.write(bytes(new))
+    return old
+
+
+def _data_files(step_dir) -> list[str]:
+    return sorted(glob.glob(os.path.join(step_dir, "**", "d", "*"), recursive=True))
+
+
+def test_checksum_refuses_a_flipped_byte_in_any_data_file(tmp_path):
+    """Flip one byte in each of the checkpoint's data files in turn: the restore either
+    raises a ValueError naming the checkpoint, or returns the saved arrays bit for bit (the
+    byte sat in an index node restore does not read). The files holding the 16 KiB arrays
+    (compressed, > 4 KiB) are always refused; without the checksum some of these flips
+    decompress to silently different values."""
+    state = _distinct_state(0)
+    like = training.create_train_state(
+        jax.tree.map(jnp.zeros_like, state.params), optax.adam(1e-2), ema_decay=0.9
+    )
+    with training.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(state, step=1)
+        files = _data_files(tmp_path / "1")
+        assert files
+        refused_large = []
+        for name in files:
+            old = _flip_middle_byte(name)
+            try:
+                restored = ckpt.restore(like, 1)
+            except ValueError as err:
+                assert str(tmp_path / "1") in str(err)
+                refused_large.append(os.path.getsize(name) > 4096)
+            else:
+                for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+                    np.testing.assert_array_equal(a, b)
+            with open(name, "wb") as f:
+                f.write(old)
+        large = [os.path.getsize(n) > 4096 for n in files]
+        assert any(large) and refused_large.count(True) == large.count(True)
+        # Intact again: restores and verifies.
+        restored = ckpt.restore(like, 1)
+    assert training.state_digest(restored) == training.state_digest(state)
+
+
+def test_restore_latest_falls_back_to_the_newest_verified_checkpoint(tmp_path):
+    """Corrupt the newest of three checkpoints (one byte of its largest data file) and remove
+    the metadata of the middle one: `restore_latest` warns for both, naming each and why, and
+    returns the oldest, bit for bit; with every checkpoint bad it raises a ValueError."""
+    states = [_distinct_state(seed) for seed in range(3)]
+    like = states[0]
+    with training.Checkpointer(tmp_path) as ckpt:
+        for i, state in enumerate(states):
+            ckpt.save(state, step=10 * (i + 1))
+    _flip_middle_byte(max(_data_files(tmp_path / "30"), key=os.path.getsize))
+    os.remove(tmp_path / "20" / "_CHECKPOINT_METADATA")
+    with pytest.warns(UserWarning) as record:
+        restored = training.restore_latest(tmp_path, like)
+    messages = [str(w.message) for w in record]
+    assert any("skipping checkpoint 30" in m and "sha256" in m for m in messages), messages
+    assert any(
+        "skipping checkpoint 20" in m and "_CHECKPOINT_METADATA missing" in m for m in messages
+    ), messages
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[0]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with training.Checkpointer(tmp_path, create=False) as ckpt:
+        with pytest.warns(UserWarning, match="skipping checkpoint 30"):
+            step, _ = ckpt.restore_newest_valid(like)
+        assert step == 10
+        with pytest.raises(ValueError, match=str(tmp_path / "30") + ".*sha256"):
+            ckpt.restore(like, 30)
+    os.remove(tmp_path / "10" / "default" / "_METADATA")
+    with pytest.warns(UserWarning, match="skipping checkpoint 10"):
+        with pytest.raises(ValueError, match="no checkpoint .* could be restored"):
+            training.restore_latest(tmp_path, like)
 
 
 # ----------------------------------------------------------------------------- validation
