@@ -37,7 +37,8 @@ def _quadratic_loss(params, batch, key):
 
 def test_step_applies_clipping_schedule_and_ema_in_closed_form():
     """`optax.chain(clip_by_global_norm(1), sgd(schedule))` on a quadratic: each step moves `w`
-    by `-lr_k g min(1, 1/||g||)`, and `ema <- 0.9 ema + 0.1 w`, exactly as computed by hand."""
+    by `-lr_k g min(1, 1/||g||)`, and `ema <- d_k ema + (1 - d_k) w` with the warm-up decay
+    `d_k = min(0.9, (1 + k) / (10 + k))`, exactly as computed by hand."""
     schedule = optax.linear_schedule(0.5, 0.1, 4)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(schedule))
     params = {"w": jnp.zeros(2)}
@@ -49,13 +50,39 @@ def test_step_applies_clipping_schedule_and_ema_in_closed_form():
         g = w - np.asarray(TARGET)
         norm = np.linalg.norm(g)
         w = w - float(schedule(k)) * g * min(1.0, 1.0 / norm)
-        ema = 0.9 * ema + 0.1 * w
+        d = min(0.9, (1 + k) / (10 + k))
+        ema = d * ema + (1 - d) * w
         np.testing.assert_allclose(state.params["w"], w, rtol=1e-5)
         np.testing.assert_allclose(state.ema_params["w"], ema, rtol=1e-5)
         np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
         assert int(state.step) == k + 1 and int(metrics["nonfinite"]) == 0
     # The caller's params were copied, not donated.
     np.testing.assert_array_equal(params["w"], np.zeros(2))
+
+
+def test_ema_warmup_follows_the_recursion_and_tracks_the_parameters():
+    """An MLP trained 30 steps with `ema_decay=0.999`: the EMA equals the float64 recursion
+    `e_{k+1} = d_k e_k + (1 - d_k) p_{k+1}`, `d_k = min(0.999, (1 + k) / (10 + k))`, over the
+    recorded parameters; and it stays close to them (distance under 10% of how far the
+    parameters moved from the initialisation), where a plain 0.999 EMA would still sit at
+    97% of the way back at the initialisation."""
+    params, opt, _, data = _mlp_setup()
+    apply, _ = nets.split(nets.MLP(2, hidden=(16,), embed_dim=8, rngs=nnx.Rngs(0)))
+    loss_fn = lambda p, batch, key: losses.dsm(p, apply, key, batch, dj.VPSDE())
+    step = training.make_train_step(loss_fn, opt, ema_decay=0.999, donate=False)
+    state = training.create_train_state(params, opt, ema_decay=0.999)
+    p0 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)]).astype(np.float64)
+    ema = p0.copy()
+    for k in range(30):
+        state, _ = step(state, data[k % 20], jax.random.key(k))
+        p = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
+        d = min(0.999, (1 + k) / (10 + k))
+        ema = d * ema + (1 - d) * p.astype(np.float64)
+    got = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.ema_params)])
+    np.testing.assert_allclose(got, ema, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(got - p) < 0.1 * np.linalg.norm(p - p0)
+    np.testing.assert_allclose(training.ema_warmup_decay(0.999, jnp.arange(3)), [0.1, 2 / 11, 0.25])
+    assert float(training.ema_warmup_decay(0.999, 10**6)) == np.float32(0.999)
 
 
 def test_nonfinite_batch_is_reported_and_not_trained_on():
