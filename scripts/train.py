@@ -7,12 +7,15 @@
     python scripts/train.py --workdir outputs/eight_gaussians --steps 6000 --resume
     python scripts/train.py --help                            # every option with its default
 
-The run directory holds `config.json` and `checkpoints/<step>/` (Orbax). `--resume` continues
-from the latest checkpoint with the stored configuration; options given on the command line
-must agree with it, except `--steps`, the logging, checkpoint and evaluation options (a
-mismatch is refused with exit code 2). A resumed run gives the same parameters as an
-uninterrupted one. Ctrl-C saves a checkpoint and exits with code 130. All devices are used
-through a data-parallel mesh; `--distributed` initialises multi-host JAX first.
+The run directory holds `config.json` and `checkpoints/<step>/` (Orbax, each with a sha256 of
+its arrays). `--resume` continues from the newest checkpoint that verifies (newer ones that
+fail are reported and set aside as `<step>.unverified`) with the stored configuration;
+options given on the command line must agree with it, except `--steps`, the logging,
+checkpoint and evaluation options (a mismatch is refused with exit code 2). A resumed run
+gives the same parameters as an uninterrupted one. Ctrl-C stops after the current step (also
+when it arrives during a checkpoint write), saves that step's state, reports the step and
+exits with code 130. A warning says when the loss has not fallen over the run. All devices
+are used through a data-parallel mesh; `--distributed` initialises multi-host JAX first.
 """
 
 from __future__ import annotations
