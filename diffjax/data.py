@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,8 +211,69 @@ def digits() -> tuple[Array, Array]:
     return jnp.asarray(x), jnp.asarray(ds.target, jnp.int32)
 
 
+def check_finite(x, name: str) -> None:
+    """`ValueError` when rows of `x` `[N, ...]` hold NaN or inf: their count and first indices.
+
+    A single non-finite value makes every DSM loss (and gradient) of a batch holding it NaN.
+    """
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.inexact):
+        return
+    bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
+    if bad.size:
+        first = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
+        raise ValueError(
+            f"{name}: {bad.size} of {x.shape[0]} rows hold NaN or inf (rows {first}); "
+            "remove or repair them."
+        )
+
+
 _X_KEYS = ("x_train", "images", "x", "X", "train_images", "data")
 _Y_KEYS = ("y_train", "labels", "y", "Y", "train_labels", "targets")
+# What a damaged or non-npz file raises in `np.load` or when a member is read.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
+
+def _read_npz(path, x_key: str | None, y_key: str | None):
+    """`(x_key, x, y_key, y)` read from the `.npz` at `path`; `ValueError` naming the file
+    when it is empty, not an `.npz` archive, damaged, or lacks the keys."""
+    where = repr(os.fspath(path))
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{where} is empty (0 bytes), not an .npz archive.")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except _READ_ERRORS as err:
+        raise ValueError(
+            f"{where} is not a readable .npz archive ({type(err).__name__}: {err})."
+        ) from err
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{where} holds a single .npy array, not an .npz archive; use numpy.savez."
+        )
+    with f:
+        keys = list(f.keys())
+        if not keys:
+            raise ValueError(f"{where} holds no arrays.")
+        if x_key is None:
+            x_key = next((k for k in _X_KEYS if k in keys), None)
+            if x_key is None:
+                raise ValueError(
+                    f"`x_key`: none of {_X_KEYS} is in {where} (keys: {keys}); pass x_key."
+                )
+        elif x_key not in keys:
+            raise ValueError(f"`x_key` {x_key!r} is not in {where} (keys: {keys}).")
+        if y_key is None:
+            y_key = next((k for k in _Y_KEYS if k in keys), None)
+        elif y_key not in keys:
+            raise ValueError(f"`y_key` {y_key!r} is not in {where} (keys: {keys}).")
+        try:
+            x = np.asarray(f[x_key])
+            y = None if y_key is None else np.asarray(f[y_key])
+        except _READ_ERRORS as err:
+            raise ValueError(
+                f"{where} is damaged: reading its arrays failed ({type(err).__name__}: {err})."
+            ) from err
+    return x_key, x, y_key, y
 
 
 def load_npz(
@@ -229,7 +292,9 @@ def load_npz(
 
     Raises:
         FileNotFoundError: no file at `path`.
-        ValueError: missing keys, wrong ranks, or labels that do not match the images.
+        ValueError (naming the file): an empty, damaged or non-npz file; missing keys, wrong
+            ranks, no images, images with NaN or inf (their count and first indices), or
+            labels that do not match the images.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
@@ -238,29 +303,19 @@ def load_npz(
             f"`path` {os.fspath(path)!r} does not exist; diffjax never downloads data, save the "
             "arrays with numpy.savez first."
         )
-    with np.load(path) as f:
-        keys = list(f.keys())
-        if x_key is None:
-            x_key = next((k for k in _X_KEYS if k in keys), None)
-            if x_key is None:
-                raise ValueError(
-                    f"`x_key`: none of {_X_KEYS} is in {os.fspath(path)!r} (keys: {keys}); pass x_key."
-                )
-        elif x_key not in keys:
-            raise ValueError(f"`x_key` {x_key!r} is not in {os.fspath(path)!r} (keys: {keys}).")
-        if y_key is None:
-            y_key = next((k for k in _Y_KEYS if k in keys), None)
-        elif y_key not in keys:
-            raise ValueError(f"`y_key` {y_key!r} is not in {os.fspath(path)!r} (keys: {keys}).")
-        x = np.asarray(f[x_key])
-        y = None if y_key is None else np.asarray(f[y_key])
+    x_key, x, y_key, y = _read_npz(path, x_key, y_key)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
         raise ValueError(
             f"`x_key` {x_key!r} must hold images [N, H, W] or [N, H, W, C] (NHWC), got shape {x.shape}."
         )
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"`x_key` {x_key!r} of {os.fspath(path)!r} holds no images (shape {x.shape})."
+        )
     x = _scale_images(x, "x_key")
+    check_finite(x, f"`x_key` {x_key!r} of {os.fspath(path)!r}")
     if y is not None:
         y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
         if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):

@@ -23,7 +23,9 @@ result up to floating-point reduction order.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,12 +43,19 @@ __all__ = [
     "Checkpointer",
     "TrainState",
     "create_train_state",
+    "ema_warmup_decay",
     "make_mesh",
     "make_train_step",
     "replicate",
     "restore_latest",
     "shard_batch",
+    "state_digest",
 ]
+
+_DIGEST_KEY = "diffjax_sha256"
+# Orbax's per-step metadata (holding the checksum) and the array tree's metadata and OCDBT
+# manifest: without them a checkpoint cannot be read.
+_REQUIRED_FILES = ("_CHECKPOINT_METADATA", "default/_METADATA", "default/manifest.ocdbt")
 
 
 class TrainState(NamedTuple):
@@ -88,12 +97,24 @@ def _check_ema_decay(ema_decay) -> float | None:
     return float(ema_decay)
 
 
+def ema_warmup_decay(ema_decay: float, step) -> Array:
+    r"""The EMA decay of the update that follows `step` updates: $\min(d, (1 + k) / (10 + k))$.
+
+    Early on the decay is small (0.1 at the first update, 0.5 after 8, 0.9 after 80), so the
+    EMA follows the parameters instead of averaging in their random initialisation; it
+    reaches `ema_decay = d` after about $(10 d - 1) / (1 - d)$ updates (8990 for 0.999).
+    """
+    k = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(ema_decay, (1.0 + k) / (10.0 + k))
+
+
 def create_train_state(params, optimizer, *, ema_decay: float | None = None) -> TrainState:
     """The initial `TrainState`: step 0, `optimizer.init(params)`, EMA initialised to `params`.
 
     The state holds its own copies of `params` (the train step donates the state's buffers,
     so the caller's arrays stay valid). `ema_decay` only decides whether `ema_params` exists
-    (`None` -> no EMA); pass the same value to `make_train_step`.
+    (`None` -> no EMA); pass the same value to `make_train_step`, which updates it with the
+    warm-up decay `ema_warmup_decay`.
     """
     _check_optimizer(optimizer)
     ema_decay = _check_ema_decay(ema_decay)
@@ -116,7 +137,8 @@ def make_train_step(
     One step: `(loss, metrics), g = value_and_grad(loss_fn)(params, batch, key)`,
     `updates, opt_state = optimizer.update(g, opt_state, params)`,
     `params <- optax.apply_updates(params, updates)`, and with EMA
-    `ema <- ema_decay ema + (1 - ema_decay) params` (`optax.incremental_update`).
+    `ema <- d_k ema + (1 - d_k) params` (`optax.incremental_update`) with the warm-up decay
+    `d_k = ema_warmup_decay(ema_decay, k)` at the `k`-th update.
 
     Non-finite guard: when the loss or the gradient norm is not finite, the whole state is
     returned unchanged (no update, no EMA update, `step` not incremented) and
@@ -128,7 +150,8 @@ def make_train_step(
     Args:
         loss_fn: `loss_fn(params, batch, key) -> (loss, metrics dict)`.
         optimizer: an `optax.GradientTransformation` (chain clipping and schedules into it).
-        ema_decay: EMA decay in (0, 1), or `None`; must match `create_train_state`.
+        ema_decay: the EMA's decay in (0, 1), reached after the warm-up of
+            `ema_warmup_decay`, or `None`; must match `create_train_state`.
         mesh: a `jax.sharding.Mesh` for data parallelism: the state and key are replicated
             and every leaf of `batch` is sharded along its leading axis over `data_axis`
             (use `replicate` / `shard_batch`). `None`: plain `jax.jit` on the default device.
@@ -175,7 +198,8 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         ema = None
         if ema_decay is not None:
-            ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+            decay = ema_warmup_decay(ema_decay, state.step)
+            ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = TrainState(state.step + 1, params, opt_state, ema)
@@ -244,14 +268,34 @@ def shard_batch(batch, mesh: Mesh, *, data_axis: str = "data"):
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def state_digest(state) -> str:
+    """sha256 (hex) of every array of `state`: each leaf's dtype, shape and bytes, in leaf order.
+
+    Replicated (e.g. multi-host) arrays are read from one local copy.
+    """
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        if isinstance(leaf, jax.Array) and leaf.is_fully_replicated:
+            leaf = leaf.addressable_data(0)
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 class Checkpointer:
-    """Orbax checkpoints of a `TrainState`: save every `save_interval_steps`, keep the last k.
+    """Orbax checkpoints of a `TrainState` with a checksum: save every `save_interval_steps`,
+    keep the last k, verify on restore.
 
     A thin wrapper over `orbax.checkpoint.CheckpointManager`. Saves are atomic: Orbax writes
     into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` when complete, and
     ignores (and by default cleans up) temporary directories, so an interrupted save is never
-    restored. Errors are plain Python: `FileNotFoundError` for a missing directory or step,
-    `ValueError` (naming the path) for a corrupt checkpoint or one that does not match `like`.
+    restored. Each save stores `state_digest(state)` (sha256 of the arrays) in the step's
+    Orbax metadata, written into the temporary directory before the rename, so a visible
+    checkpoint always carries its checksum; `restore` recomputes it from the restored arrays
+    and refuses a mismatch. Errors are plain Python: `FileNotFoundError` for a missing
+    directory or step, `ValueError` naming the checkpoint for a corrupt one (checksum
+    mismatch, missing or unreadable files) or one that does not match `like`.
 
     Args:
         directory: the checkpoint root (one sub-directory per step).
@@ -289,12 +333,19 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, state: TrainState, step: int | None = None, *, force: bool = False) -> bool:
-        """Save `state` under `step` (default `state.step`) if the interval says so; returns
-        whether it saved."""
+        """Save `state` and its checksum under `step` (default `state.step`) if the interval
+        says so; returns whether it saved."""
         if not isinstance(state, TrainState):
             raise TypeError(f"`state` must be a TrainState, got {type(state).__name__}.")
         step = int(state.step) if step is None else int(step)
-        return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        if not (force or self._manager.should_save(step)):
+            return False
+        return self._manager.save(
+            step,
+            args=ocp.args.StandardSave(state),
+            custom_metadata={_DIGEST_KEY: state_digest(state)},
+            force=True,
+        )
 
     def all_steps(self) -> list[int]:
         """The saved (complete) steps, ascending."""
@@ -305,7 +356,7 @@ class Checkpointer:
 
     def restore(self, like: TrainState, step: int | None = None) -> TrainState:
         """The state saved at `step` (default: the latest), with the structure, shapes, dtypes
-        and shardings of `like` (e.g. a freshly created state)."""
+        and shardings of `like` (e.g. a freshly created state), after checking its checksum."""
         steps = self.all_steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint found in {self.directory}.")
@@ -316,13 +367,47 @@ class Checkpointer:
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         path = os.path.join(self.directory, str(step))
+        missing = [f for f in _REQUIRED_FILES if not os.path.isfile(os.path.join(path, f))]
+        if missing:
+            raise ValueError(
+                f"the checkpoint at {path} is incomplete: {', '.join(missing)} missing."
+            )
         try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            stored = (self._manager.metadata(step).custom_metadata or {}).get(_DIGEST_KEY)
+            state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:
             raise ValueError(
                 f"could not restore the checkpoint at {path}: it is corrupt or does not match "
                 f"`like` ({type(err).__name__}: {str(err)[:500]})."
             ) from err
+        if stored is None:
+            raise ValueError(
+                f"the checkpoint at {path} has no checksum (written by an older diffjax?); "
+                "refusing to restore it unverified."
+            )
+        if state_digest(state) != stored:
+            raise ValueError(
+                f"the checkpoint at {path} is corrupt: the sha256 of its arrays does not match "
+                "the checksum saved with it."
+            )
+        return state
+
+    def restore_newest_valid(self, like: TrainState) -> tuple[int, TrainState]:
+        """`(step, state)` of the newest checkpoint that restores and verifies; each newer one
+        that does not is skipped with a warning saying why. `ValueError` when none does."""
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint found in {self.directory}.")
+        reasons = []
+        for step in reversed(steps):
+            try:
+                return step, self.restore(like, step)
+            except ValueError as err:
+                reasons.append(str(err).splitlines()[0])
+                warnings.warn(f"skipping checkpoint {step}: {reasons[-1]}", stacklevel=2)
+        raise ValueError(
+            f"no checkpoint in {self.directory} could be restored; newest: {reasons[0]}"
+        )
 
     def wait(self) -> None:
         """Block until pending (async) saves are written."""
@@ -339,6 +424,7 @@ class Checkpointer:
 
 
 def restore_latest(directory, like: TrainState) -> TrainState:
-    """The latest complete checkpoint in `directory`, restored like `like`."""
+    """The newest checkpoint in `directory` that verifies, restored like `like`; newer ones
+    that fail are skipped with a warning (`Checkpointer.restore_newest_valid`)."""
     with Checkpointer(directory, create=False) as ckpt:
-        return ckpt.restore(like)
+        return ckpt.restore_newest_valid(like)[1]

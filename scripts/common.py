@@ -26,7 +26,9 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
+import warnings
 from typing import Any
 
 import diffrax
@@ -100,7 +102,18 @@ def _split(key, x, y, num_heldout: int):
 
 def load_data(config: Config) -> Dataset:
     """The data set of `config`: 2-D sets drawn from `seed` (held-out from another key),
-    images split by a fixed permutation."""
+    images split by a fixed permutation. Rows with NaN or inf are refused (`UsageError`
+    with their count and first indices)."""
+    dataset = _load_data(config)
+    for part, x in (("training", dataset.x_train), ("held-out", dataset.x_heldout)):
+        try:
+            data.check_finite(x, f"{config.dataset} {part} data")
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    return dataset
+
+
+def _load_data(config: Config) -> Dataset:
     key_train, key_held = jax.random.split(jax.random.key(config.seed))
     name = config.dataset
     if name in TOY_SETS:
@@ -170,8 +183,19 @@ def check_config(config: Config, dataset: Dataset) -> None:
             f"--prediction velocity needs a continuous process ({', '.join(SDES)}), "
             f"got {config.process}."
         )
-    if config.loss == "ddpm" and config.weighting != "simple":
+    if config.loss == "ddpm" and config.weighting not in ("auto", "simple"):
         raise UsageError("--weighting applies to --loss dsm only; the ddpm loss is unweighted.")
+    if config.loss == "ddpm" and config.prediction == "score":
+        raise UsageError(
+            "--prediction score with --loss ddpm does not train: the unweighted targets "
+            "-eps/sigma_t reach 1/sqrt(beta_1); use eps, x0 or v (or an SDE with --loss dsm)."
+        )
+    if config.loss == "dsm" and config.prediction == "score" and config.weighting == "simple":
+        raise UsageError(
+            "--prediction score with --weighting simple does not train: the targets -eps/sigma "
+            "grow to 1/sigma at small t and dominate the loss; use --weighting snr (the "
+            "default, auto) or likelihood."
+        )
     if config.model == "mlp" and dataset.is_image:
         raise UsageError(f"--model mlp is for vectors; use --model unet for {config.dataset}.")
     if config.model == "unet" and not dataset.is_image:
@@ -245,6 +269,23 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     return opt
 
 
+def dsm_weighting(config: Config) -> str:
+    """The DSM weighting of `config`. `--weighting auto` is `snr` (unit weight on
+    `||eps_hat - eps||^2`) where the network's own target is unbounded: score prediction,
+    whose target `-eps/sigma` grows to `1/sigma_min` (`snr` is `sigma^2` on the score error),
+    v prediction on VE and EDM, whose target `alpha eps - sigma x0` grows to `sigma_max |x0|`,
+    and velocity prediction on VE, whose target `sigma' eps` grows like `sigma_max`;
+    `simple` (the network's own target, unweighted) otherwise."""
+    if config.weighting != "auto":
+        return config.weighting
+    unbounded = config.prediction == "score" or (config.prediction, config.process) in (
+        ("v", "ve"),
+        ("v", "edm"),
+        ("velocity", "ve"),
+    )
+    return "snr" if unbounded else "simple"
+
+
 def make_loss_fn(config: Config, dataset: Dataset, apply, process):
     """`loss_fn(params, batch, key) -> (loss, metrics)` for `training.make_train_step`.
 
@@ -274,7 +315,7 @@ def make_loss_fn(config: Config, dataset: Dataset, apply, process):
             process,
             labels=y,
             prediction=config.prediction,
-            weighting=config.weighting,
+            weighting=dsm_weighting(config),
             t_eps=config.train_t_eps,
         )
 
@@ -384,49 +425,57 @@ def read_config(workdir: str) -> Config:
         return config_from_json(f.read(), path)
 
 
-def restore(run: Run, workdir: str, like=None, step: int | None = None) -> training.TrainState:
-    """The latest (or `step`) checkpoint of `workdir`, shaped like `like` (default: a fresh
-    state); a clear `UsageError` when there is none or it does not match the config."""
+def restore(run: Run, workdir: str, like=None) -> tuple[int, training.TrainState]:
+    """`(step, state)` of the newest checkpoint of `workdir` that verifies, shaped like `like`
+    (default: a fresh state). Each newer checkpoint that fails its checksum or cannot be read
+    is skipped with a `warning:` line on stderr; a clear `UsageError` when none is usable."""
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         raise UsageError(f"no checkpoints in {workdir!r} (expected {directory}).")
     like = run.initial_state() if like is None else like
     try:
-        with training.Checkpointer(directory, create=False) as ckpt:
-            return ckpt.restore(like, step)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with training.Checkpointer(directory, create=False) as ckpt:
+                return ckpt.restore_newest_valid(like)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err).splitlines()[0]) from err
+    finally:
+        for w in caught:
+            if str(w.message).startswith("skipping checkpoint"):
+                print(f"warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def params_kind(run: Run, use_ema: bool = True) -> str:
+    """Which parameters `eval_params` returns: `"EMA (decay d)"` or `"raw"`."""
+    return f"EMA (decay {run.config.ema_decay:g})" if use_ema and run.ema_decay else "raw"
 
 
 def eval_params(run: Run, state: training.TrainState, use_ema: bool = True):
-    r"""The parameters to evaluate: the bias-corrected EMA (or the raw parameters).
-
-    The EMA starts at the initial parameters `p_0`: after `n` updates with decay `d`,
-    `ema_n = d^n p_0 + (1 - d) sum_k d^(n-k) p_k`. Its initial-value bias is removed exactly,
-    `(ema_n - d^n p_0) / (1 - d^n)` (the normalised average of the trained `p_k`); `p_0` is
-    re-created from the seed. Without this a short run (`n` not >> `1 / (1 - d)`) would be
-    evaluated mostly at its random initialisation.
-    """
-    n = int(state.step)
-    if not use_ema or state.ema_params is None or n == 0:
-        return state.params
-    bias = run.config.ema_decay**n
-    return jax.tree.map(
-        lambda ema, p0: (ema - bias * p0) / (1.0 - bias), state.ema_params, run.init_params
-    )
+    """The parameters to evaluate: the EMA (when trained with one and `use_ema`) or the raw
+    parameters. The EMA's warm-up decay (`training.ema_warmup_decay`) keeps it close to the
+    trained parameters even after a short run, so it needs no bias correction."""
+    if use_ema and state.ema_params is not None:
+        return state.ema_params
+    return state.params
 
 
-def load_run(workdir: str, use_ema: bool = True) -> tuple[Run, Any, int]:
-    """`(run, params, step)` of a trained run: the bias-corrected EMA parameters when present
-    and `use_ema` (`eval_params`)."""
+def load_run(workdir: str, use_ema: bool = True, samplers=()) -> tuple[Run, Any, int]:
+    """`(run, params, step)` of a trained run, from its newest verified checkpoint: the EMA
+    parameters when present and `use_ema` (`eval_params`). `samplers` are checked against the
+    model (`check_sampler`) before the checkpoint is read."""
     if not workdir:
         raise UsageError("--workdir is required.")
     config = read_config(workdir)
     if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
         raise UsageError(f"no checkpoints in {workdir!r}: train first (scripts/train.py).")
     run = build(config)
-    state = restore(run, workdir)
-    return run, eval_params(run, state, use_ema), int(state.step)
+    for name in samplers:
+        check_sampler(run, name)
+    step, state = restore(run, workdir)
+    return run, eval_params(run, state, use_ema), step
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -447,6 +496,12 @@ def check_sampler(run: Run, sampler: str) -> None:
         raise UsageError(
             f"sampler {sampler} needs a continuous process: cosine-schedule models use ddpm/ddim."
         )
+
+
+def check_conditional(config: Config, options: str) -> None:
+    """`UsageError` when `options` (label, guidance) are given for an unconditional run."""
+    if not config.conditional:
+        raise UsageError(f"{options} need a conditional model; this run is unconditional.")
 
 
 def labels_for(run: Run, label: str, num: int):

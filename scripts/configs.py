@@ -75,7 +75,10 @@ class Config:
         "eps", "network output (velocity: continuous processes only)", choices=PREDICTIONS
     )
     weighting: str = opt(
-        "simple", "dsm weighting", choices=("simple", "likelihood", "snr", "min_snr")
+        "auto",
+        "dsm weighting; auto: snr (unit weight on the eps error) for score prediction and "
+        "for v on VE, whose targets are unbounded, else simple",
+        choices=("auto", "simple", "likelihood", "snr", "min_snr"),
     )
     train_t_eps: float = opt(1e-5, "smallest training time (dsm)")
     # model
@@ -133,7 +136,9 @@ class SampleOptions:
     num_steps: int = opt(0, "sampler steps (0: the sampler's default; ode: adaptive)")
     num_samples: int = opt(0, "number of samples (0: 4000 for 2-D, 64 for images)")
     guidance: float = opt(0.0, "classifier-free guidance weight w (conditional models)")
-    label: str = opt("all", "conditional models: a class, 'all' (cycle classes) or 'none'")
+    label: str = opt(
+        "", "conditional models: a class, 'all' (cycle classes, the default) or 'none'"
+    )
     t_eps: float = opt(1e-3, "final time of the continuous samplers")
     ema: bool = opt(True, "use the EMA parameters when the checkpoint has them")
     seed: int = opt(0, "random seed")

@@ -173,8 +173,13 @@ def _main(argv) -> int:
     samplers = parse_samplers(opts.samplers)
     if opts.guidance < 0:
         raise UsageError(f"--guidance must be non-negative, got {opts.guidance}.")
-    run, params, step = common.load_run(opts.workdir, opts.ema)
-    print(f"{opts.workdir}: step {step}, {run.config.dataset}, {run.config.process}")
+    if opts.workdir and opts.guidance:
+        common.check_conditional(common.read_config(opts.workdir), "--guidance")
+    run, params, step = common.load_run(opts.workdir, opts.ema, samplers)
+    print(
+        f"{opts.workdir}: step {step}, {run.config.dataset}, {run.config.process}; "
+        f"{common.params_kind(run, opts.ema)} parameters"
+    )
     start = time.perf_counter()
     default = 256 if run.dataset.is_image else 4000
     results = evaluate(

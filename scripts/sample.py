@@ -4,11 +4,13 @@
     python scripts/sample.py --workdir outputs/digits --sampler ode --label 3 --guidance 2
     python scripts/sample.py --workdir outputs/digits --sampler ddim --num_steps 50
 
-Loads the latest checkpoint (EMA parameters when present), runs one compiled sampler call,
+Loads the newest verified checkpoint (EMA parameters when present, `--no-ema` for the raw
+ones; the choice is printed), runs one compiled sampler call,
 and writes `<out>.npz` (`samples`, and `labels` for conditional models) and `<out>.png` (a
 scatter plot over held-out data for 2-D sets, an image grid for images). Conditional models
 take `--label` (a class, `all` to cycle through the classes, or `none` for the null label) and
-the classifier-free guidance weight `--guidance` (`guidance.classifier_free`).
+the classifier-free guidance weight `--guidance` (`guidance.classifier_free`); both are
+refused for unconditional models.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ def _main(argv) -> int:
         raise UsageError("--guidance, --num_samples and --num_steps must be non-negative.")
     if not 0 < opts.t_eps < 1:
         raise UsageError(f"--t_eps must lie in (0, 1), got {opts.t_eps}.")
-    run, params, step = common.load_run(opts.workdir, opts.ema)
+    if opts.workdir and (opts.label or opts.guidance):
+        common.check_conditional(common.read_config(opts.workdir), "--label and --guidance")
+    run, params, step = common.load_run(opts.workdir, opts.ema, samplers=[opts.sampler])
+    print(f"sampling with the {common.params_kind(run, opts.ema)} parameters of step {step}")
     ds = run.dataset
     num = opts.num_samples or (64 if ds.is_image else 4000)
-    labels = common.labels_for(run, opts.label, num)
+    labels = common.labels_for(run, opts.label or "all", num)
     x, info = common.sample(
         run,
         params,

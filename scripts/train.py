@@ -7,20 +7,26 @@
     python scripts/train.py --workdir outputs/eight_gaussians --steps 6000 --resume
     python scripts/train.py --help                            # every option with its default
 
-The run directory holds `config.json` and `checkpoints/<step>/` (Orbax). `--resume` continues
-from the latest checkpoint with the stored configuration; options given on the command line
-must agree with it, except `--steps`, the logging, checkpoint and evaluation options (a
-mismatch is refused with exit code 2). A resumed run gives the same parameters as an
-uninterrupted one. Ctrl-C saves a checkpoint and exits with code 130. All devices are used
-through a data-parallel mesh; `--distributed` initialises multi-host JAX first.
+The run directory holds `config.json` and `checkpoints/<step>/` (Orbax, each with a sha256 of
+its arrays). `--resume` continues from the newest checkpoint that verifies (newer ones that
+fail are reported and set aside as `<step>.unverified`) with the stored configuration;
+options given on the command line must agree with it, except `--steps`, the logging,
+checkpoint and evaluation options (a mismatch is refused with exit code 2). A resumed run
+gives the same parameters as an uninterrupted one. Ctrl-C stops after the current step (also
+when it arrives during a checkpoint write), saves that step's state, reports the step and
+exits with code 130. A warning says when the loss has not fallen over the run. All devices
+are used through a data-parallel mesh; `--distributed` initialises multi-host JAX first.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -98,57 +104,133 @@ def _save_final(ckpt: training.Checkpointer, state: training.TrainState, step: i
     ckpt.wait()
 
 
-def train(run: common.Run, workdir: str, resume: bool) -> training.TrainState:
-    """Train `run.config.steps` steps (from the latest checkpoint with `resume`)."""
+class _StopRequest:
+    """While active, SIGINT (Ctrl-C) only sets `requested`, checked by the loop between steps.
+
+    So an interrupt never lands between rebinding `state` and advancing the step counter, nor
+    inside a checkpoint write (Orbax would be left half-shut). Outside the main thread, where
+    no handler can be installed, it does nothing.
+    """
+
+    requested = False
+
+    def __enter__(self) -> _StopRequest:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _LossWindows:
+    """Mean training loss per `log_every` window (the progress bar's value) over this session.
+
+    Steps skipped as non-finite are left out. The loss has *fallen* when the last complete
+    window's mean lies more than 2 standard errors (of the difference) below the first's.
+    """
+
+    def __init__(self):
+        self.first = self.last = None  # (mean, standard error) of a window
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sum = self._sq = self._n = 0.0
+
+    def add(self, metrics) -> None:
+        ok = 1 - metrics["nonfinite"]
+        loss = jax.numpy.where(ok, metrics["loss"], 0.0)
+        self._sum, self._sq, self._n = self._sum + loss, self._sq + loss**2, self._n + ok
+
+    def close_window(self) -> float:
+        """End the window; its mean loss (NaN when every step in it was skipped)."""
+        n, total, sq = float(self._n), float(self._sum), float(self._sq)
+        self._reset()
+        if n == 0:
+            return math.nan
+        mean = total / n
+        se = math.sqrt(max(sq / n - mean**2, 0.0) / max(n - 1, 1))
+        self.first = self.first or (mean, se)
+        self.last = (mean, se)
+        return mean
+
+    def fell(self) -> bool | None:
+        """Whether the loss fell; `None` with fewer than two windows."""
+        if self.first is None or self.first is self.last:
+            return None
+        (m0, s0), (m1, s1) = self.first, self.last
+        return m1 < m0 - 2.0 * math.hypot(s0, s1)
+
+
+def _set_aside_newer(directory: str, step: int) -> None:
+    """Rename the checkpoints newer than the resumed `step` (they failed verification) to
+    `<step>.unverified`, so this run saves those steps afresh."""
+    if jax.process_index() != 0:
+        return
+    for name in sorted(os.listdir(directory)):
+        if name.isdigit() and int(name) > step:
+            target = os.path.join(directory, name + ".unverified")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(os.path.join(directory, name), target)
+            print(f"warning: checkpoint {name} set aside as {target}", file=sys.stderr)
+
+
+def train(run: common.Run, workdir: str, resume: bool) -> tuple[training.TrainState, dict]:
+    """Train up to `run.config.steps` steps (from the newest verified checkpoint with
+    `resume`); returns the state and this session's summary (`start`, `steps`, the first and
+    last window losses, whether the loss fell)."""
     config = run.config
     mesh = training.make_mesh()
     state = training.replicate(run.initial_state(), mesh)
-    ckpt = training.Checkpointer(
-        os.path.join(workdir, common.CHECKPOINT_DIR),
-        save_interval_steps=config.checkpoint_every,
-        max_to_keep=config.keep_checkpoints,
+    directory = os.path.join(workdir, common.CHECKPOINT_DIR)
+    start = 0
+    if resume:
+        start, state = common.restore(run, workdir, like=state)
+        _set_aside_newer(directory, start)
+        print(f"resumed from step {start}")
+    loss_fn = common.make_loss_fn(config, run.dataset, run.apply, run.process)
+    train_step = training.make_train_step(
+        loss_fn, run.optimizer, ema_decay=run.ema_decay, mesh=mesh
     )
-    with ckpt:
-        start = 0
-        if resume:
-            start = ckpt.latest_step()
-            state = common.restore(run, workdir, like=state, step=start)
-        loss_fn = common.make_loss_fn(config, run.dataset, run.apply, run.process)
-        train_step = training.make_train_step(
-            loss_fn, run.optimizer, ema_decay=run.ema_decay, mesh=mesh
-        )
-        key = jax.random.fold_in(jax.random.key(config.seed), 2)
-        batches = _batches(run, start)
-        step = start
-        bar = tqdm(total=config.steps, initial=start, unit="step", desc="train", smoothing=0.1)
-        loss_sum, nonfinite = 0.0, 0
+    key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    batches = _batches(run, start)
+    step = start
+    losses, nonfinite = _LossWindows(), 0
+    ckpt = training.Checkpointer(
+        directory, save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
+    )
+    bar = tqdm(total=config.steps, initial=start, unit="step", desc="train", smoothing=0.1)
+    with ckpt, _StopRequest() as stop:
         try:
-            while step < config.steps:
+            while step < config.steps and not stop.requested:
                 batch = training.shard_batch(next(batches), mesh)
                 state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
-                loss_sum = loss_sum + metrics["loss"]
-                nonfinite = nonfinite + metrics["nonfinite"]
                 step += 1
+                losses.add(metrics)
+                nonfinite = nonfinite + metrics["nonfinite"]
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.steps:
-                    n = (step - start - 1) % config.log_every + 1
-                    postfix = {"loss": f"{float(loss_sum) / n:.4f}"}
+                    postfix = {"loss": f"{losses.close_window():.4f}"}
                     if int(nonfinite):
                         postfix["skipped"] = int(nonfinite)
                     bar.set_postfix(postfix)
-                    loss_sum = 0.0
                 if step % config.checkpoint_every == 0:
                     ckpt.save(state, step)
             _save_final(ckpt, state, step)
-        except KeyboardInterrupt:
-            bar.close()
-            _save_final(ckpt, state, step)
-            raise Interrupted(
-                f"interrupted at step {step}: checkpoint saved in {workdir}; continue with --resume."
-            ) from None
         finally:
             bar.close()
-    return state
+    if stop.requested:
+        raise Interrupted(
+            f"interrupted at step {step}: checkpoint saved in {workdir}; continue with --resume."
+        )
+    first, last = (None if w is None else w[0] for w in (losses.first, losses.last))
+    summary = {"start": start, "steps": step - start, "first_loss": first, "last_loss": last}
+    return state, {**summary, "fell": losses.fell()}
 
 
 def train_and_evaluate(
@@ -172,16 +254,24 @@ def train_and_evaluate(
     _prepare_workdir(config, workdir, resume, overwrite)
     ds = run.dataset
     size = sum(np.size(p) for p in jax.tree.leaves(run.init_params))
+    weighting = f", {common.dsm_weighting(config)} weighting" if config.loss == "dsm" else ""
     print(
         f"{config.dataset}: {ds.x_train.shape[0]} train / {ds.x_heldout.shape[0]} held-out "
-        f"{ds.event_shape}; {config.process} {config.loss} ({config.prediction}); "
+        f"{ds.event_shape}; {config.process} {config.loss} ({config.prediction}{weighting}); "
         f"{config.model} {size / 1e6:.2f}M params; {jax.device_count()} device(s)"
     )
     start = time.perf_counter()
-    state = train(run, workdir, resume)
-    print(f"trained {config.steps} steps in {time.perf_counter() - start:.1f} s")
+    state, summary = train(run, workdir, resume)
+    print(_summary_line(summary, config.steps, time.perf_counter() - start))
+    if summary["fell"] is False:
+        print(
+            "warning: the training loss has not fallen over this run; check --lr, "
+            "--weighting and --prediction.",
+            file=sys.stderr,
+        )
     if not samplers and not config.eval_nll and not config.eval_vlb_points:
         return {}
+    print(f"evaluating the {common.params_kind(run)} parameters")
     params = common.eval_params(run, state)
     return evaluate.evaluate(
         run,
@@ -197,6 +287,19 @@ def train_and_evaluate(
         figure=figure or os.path.join(workdir, "summary.png"),
         grid=os.path.join(workdir, "samples.png"),
     )
+
+
+def _summary_line(summary: dict, total: int, seconds: float) -> str:
+    start, steps = summary["start"], summary["steps"]
+    text = f"trained {steps} steps"
+    if start:
+        text += f" (steps {start + 1}..{start + steps} of {total}, resumed from step {start})"
+    text += f" in {seconds:.1f} s"
+    if summary["last_loss"] is not None:
+        text += f"; loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"
+    if summary["fell"] is False:
+        text += " (the loss has not fallen)"
+    return text
 
 
 def main(argv=None) -> int:

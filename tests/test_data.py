@@ -160,6 +160,55 @@ def test_load_npz_errors(tmp_path):
         data.load_npz(tmp_path / "c.npz")
 
 
+def test_load_npz_refuses_nan_and_inf_rows(tmp_path):
+    """Float images with NaN or inf in some rows: a ValueError with the number of bad rows
+    and the first of their indices (in order); finite float images load unchanged."""
+    x = np.random.default_rng(0).uniform(-1, 1, size=(20, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "ok.npz", x=x)
+    np.testing.assert_array_equal(data.load_npz(tmp_path / "ok.npz")[0][..., 0], x)
+    bad = x.copy()
+    rows = [3, 7, 8, 11, 12, 15, 19]
+    for i, r in enumerate(rows):
+        bad[r, i % 4, 1] = [np.nan, np.inf, -np.inf][i % 3]
+    np.savez(tmp_path / "bad.npz", x=bad)
+    with pytest.raises(
+        ValueError, match=r"7 of 20 rows hold NaN or inf \(rows 3, 7, 8, 11, 12, \.\.\.\)"
+    ) as err:
+        data.load_npz(tmp_path / "bad.npz")
+    assert "bad.npz" in str(err.value)
+    with pytest.raises(ValueError, match=r"1 of 2 rows .*\(rows 1\)"):
+        data.check_finite(np.array([[0.0, 1.0], [np.nan, 0.0]]), "x")
+    data.check_finite(np.zeros((3, 2), np.uint8), "x")  # integers are always finite
+
+
+def test_load_npz_empty_or_corrupt_file_names_it(tmp_path):
+    """A 0-byte file, an archive with no arrays or no images, a truncated archive
+    (BadZipFile), a member with a damaged compressed stream, and a lone .npy: each a
+    ValueError naming the file."""
+    cases = {}
+    (tmp_path / "zero.npz").write_bytes(b"")
+    cases["zero.npz"] = "empty"
+    np.savez(tmp_path / "none.npz")
+    cases["none.npz"] = "no arrays"
+    np.savez(tmp_path / "noimg.npz", x=np.zeros((0, 3, 3), np.uint8))
+    cases["noimg.npz"] = "no images"
+    np.savez(tmp_path / "full.npz", x=np.zeros((50, 8, 8), np.uint8))
+    raw = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    cases["cut.npz"] = "not a readable .npz"
+    np.savez_compressed(tmp_path / "z.npz", x=np.arange(4096, dtype=np.uint8).reshape(64, 8, 8))
+    raw = bytearray((tmp_path / "z.npz").read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside the deflate stream of x
+    (tmp_path / "flip.npz").write_bytes(bytes(raw))
+    cases["flip.npz"] = "damaged"
+    np.save(tmp_path / "lone.npy", np.zeros((2, 3, 3), np.uint8))
+    cases["lone.npy"] = "single .npy"
+    for name, reason in cases.items():
+        with pytest.raises(ValueError, match=reason) as err:
+            data.load_npz(tmp_path / name)
+        assert name in str(err.value), (name, str(err.value))
+
+
 def take_epochs(it, num_batches):
     return [next(it) for _ in range(num_batches)]
 

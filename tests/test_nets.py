@@ -257,3 +257,18 @@ def test_vae_shapes():
         apply(params, jnp.ones((2, 8, 8, 1)), jnp.ones((2, latent + 1)))
     with pytest.raises(ValueError, match="`event_shape`"):
         nets.ConvEncoder((8, 8), latent, rngs=nnx.Rngs(0))
+
+
+def test_mlp_default_time_scale_resolves_continuous_time():
+    """With the default `time_scale`, the MLP's time embedding tells apart continuous times
+    0.01 apart anywhere in [0, 1] (relative distance > 0.3); at `time_scale=1` (integer
+    steps) the same times are nearly indistinguishable (< 0.05)."""
+    t = jnp.linspace(0.0, 1.0, 101)
+
+    def min_relative_step(mlp):
+        e = mlp.cond.embed(t)
+        steps = jnp.linalg.norm(e[1:] - e[:-1], axis=-1) / jnp.linalg.norm(e[:-1], axis=-1)
+        return float(steps.min())
+
+    assert min_relative_step(nets.MLP(2, rngs=nnx.Rngs(0))) > 0.3
+    assert min_relative_step(nets.MLP(2, time_scale=1.0, rngs=nnx.Rngs(0))) < 0.05

@@ -37,7 +37,8 @@ def _quadratic_loss(params, batch, key):
 
 def test_step_applies_clipping_schedule_and_ema_in_closed_form():
     """`optax.chain(clip_by_global_norm(1), sgd(schedule))` on a quadratic: each step moves `w`
-    by `-lr_k g min(1, 1/||g||)`, and `ema <- 0.9 ema + 0.1 w`, exactly as computed by hand."""
+    by `-lr_k g min(1, 1/||g||)`, and `ema <- d_k ema + (1 - d_k) w` with the warm-up decay
+    `d_k = min(0.9, (1 + k) / (10 + k))`, exactly as computed by hand."""
     schedule = optax.linear_schedule(0.5, 0.1, 4)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(schedule))
     params = {"w": jnp.zeros(2)}
@@ -49,13 +50,39 @@ def test_step_applies_clipping_schedule_and_ema_in_closed_form():
         g = w - np.asarray(TARGET)
         norm = np.linalg.norm(g)
         w = w - float(schedule(k)) * g * min(1.0, 1.0 / norm)
-        ema = 0.9 * ema + 0.1 * w
+        d = min(0.9, (1 + k) / (10 + k))
+        ema = d * ema + (1 - d) * w
         np.testing.assert_allclose(state.params["w"], w, rtol=1e-5)
         np.testing.assert_allclose(state.ema_params["w"], ema, rtol=1e-5)
         np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
         assert int(state.step) == k + 1 and int(metrics["nonfinite"]) == 0
     # The caller's params were copied, not donated.
     np.testing.assert_array_equal(params["w"], np.zeros(2))
+
+
+def test_ema_warmup_follows_the_recursion_and_tracks_the_parameters():
+    """An MLP trained 30 steps with `ema_decay=0.999`: the EMA equals the float64 recursion
+    `e_{k+1} = d_k e_k + (1 - d_k) p_{k+1}`, `d_k = min(0.999, (1 + k) / (10 + k))`, over the
+    recorded parameters; and it stays close to them (distance under 10% of how far the
+    parameters moved from the initialisation), where a plain 0.999 EMA would still sit at
+    97% of the way back at the initialisation."""
+    params, opt, _, data = _mlp_setup()
+    apply, _ = nets.split(nets.MLP(2, hidden=(16,), embed_dim=8, rngs=nnx.Rngs(0)))
+    loss_fn = lambda p, batch, key: losses.dsm(p, apply, key, batch, dj.VPSDE())
+    step = training.make_train_step(loss_fn, opt, ema_decay=0.999, donate=False)
+    state = training.create_train_state(params, opt, ema_decay=0.999)
+    p0 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)]).astype(np.float64)
+    ema = p0.copy()
+    for k in range(30):
+        state, _ = step(state, data[k % 20], jax.random.key(k))
+        p = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
+        d = min(0.999, (1 + k) / (10 + k))
+        ema = d * ema + (1 - d) * p.astype(np.float64)
+    got = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.ema_params)])
+    np.testing.assert_allclose(got, ema, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(got - p) < 0.1 * np.linalg.norm(p - p0)
+    np.testing.assert_allclose(training.ema_warmup_decay(0.999, jnp.arange(3)), [0.1, 2 / 11, 0.25])
+    assert float(training.ema_warmup_decay(0.999, 10**6)) == np.float32(0.999)
 
 
 def test_nonfinite_batch_is_reported_and_not_trained_on():
@@ -267,8 +294,105 @@ def test_corrupt_or_missing_checkpoint_gives_clear_errors(tmp_path, ckpt_run):
     for name in glob.glob(str(tmp_path / "c" / "3" / "default" / "d" / "*")):
         with open(name, "r+b") as f:
             f.truncate(8)
-    with pytest.raises(ValueError, match=str(tmp_path / "c" / "3")):
-        training.restore_latest(tmp_path / "c", like)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        with pytest.raises(ValueError, match=str(tmp_path / "c" / "3")):
+            training.restore_latest(tmp_path / "c", like)
+
+
+def _distinct_state(seed: int) -> training.TrainState:
+    """A state whose arrays are large enough (16 KiB) for Orbax to store them in data files
+    rather than inline in its index, with distinct params, EMA and Adam moments."""
+    keys = jax.random.split(jax.random.key(seed), 3)
+    params = {"w": jax.random.normal(keys[0], (4096,)), "b": jax.random.normal(keys[1], (64,))}
+    state = training.create_train_state(params, optax.adam(1e-2), ema_decay=0.9)
+    step = training.make_train_step(_quadratic_loss_w, optax.adam(1e-2), ema_decay=0.9)
+    return step(state, jax.random.normal(keys[2], (8,)), keys[2])[0]
+
+
+def _quadratic_loss_w(params, batch, key):
+    del key
+    return 0.5 * jnp.sum(params["w"] ** 2) * jnp.mean(batch**2) + jnp.sum(params["b"]), {}
+
+
+def _flip_middle_byte(path) -> bytes:
+    """Flip the lowest bit of the middle byte of the file at `path`; returns the old bytes."""
+    with open(path, "rb") as f:
+        old = f.read()
+    new = bytearray(old)
+    new[len(new) // 2] ^= 1
+    with open(path, "wb") as f:
+        f.write(bytes(new))
+    return old
+
+
+def _data_files(step_dir) -> list[str]:
+    return sorted(glob.glob(os.path.join(step_dir, "**", "d", "*"), recursive=True))
+
+
+def test_checksum_refuses_a_flipped_byte_in_any_data_file(tmp_path):
+    """Flip one byte in each of the checkpoint's data files in turn: the restore either
+    raises a ValueError naming the checkpoint, or returns the saved arrays bit for bit (the
+    byte sat in an index node restore does not read). The files holding the 16 KiB arrays
+    (compressed, > 4 KiB) are always refused; without the checksum some of these flips
+    decompress to silently different values."""
+    state = _distinct_state(0)
+    like = training.create_train_state(
+        jax.tree.map(jnp.zeros_like, state.params), optax.adam(1e-2), ema_decay=0.9
+    )
+    with training.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(state, step=1)
+        files = _data_files(tmp_path / "1")
+        assert files
+        refused_large = []
+        for name in files:
+            old = _flip_middle_byte(name)
+            try:
+                restored = ckpt.restore(like, 1)
+            except ValueError as err:
+                assert str(tmp_path / "1") in str(err)
+                refused_large.append(os.path.getsize(name) > 4096)
+            else:
+                for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+                    np.testing.assert_array_equal(a, b)
+            with open(name, "wb") as f:
+                f.write(old)
+        large = [os.path.getsize(n) > 4096 for n in files]
+        assert any(large) and refused_large.count(True) == large.count(True)
+        # Intact again: restores and verifies.
+        restored = ckpt.restore(like, 1)
+    assert training.state_digest(restored) == training.state_digest(state)
+
+
+def test_restore_latest_falls_back_to_the_newest_verified_checkpoint(tmp_path):
+    """Corrupt the newest of three checkpoints (one byte of its largest data file) and remove
+    the metadata of the middle one: `restore_latest` warns for both, naming each and why, and
+    returns the oldest, bit for bit; with every checkpoint bad it raises a ValueError."""
+    states = [_distinct_state(seed) for seed in range(3)]
+    like = states[0]
+    with training.Checkpointer(tmp_path) as ckpt:
+        for i, state in enumerate(states):
+            ckpt.save(state, step=10 * (i + 1))
+    _flip_middle_byte(max(_data_files(tmp_path / "30"), key=os.path.getsize))
+    os.remove(tmp_path / "20" / "_CHECKPOINT_METADATA")
+    with pytest.warns(UserWarning) as record:
+        restored = training.restore_latest(tmp_path, like)
+    messages = [str(w.message) for w in record]
+    assert any("skipping checkpoint 30" in m and "sha256" in m for m in messages), messages
+    assert any(
+        "skipping checkpoint 20" in m and "_CHECKPOINT_METADATA missing" in m for m in messages
+    ), messages
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[0]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with training.Checkpointer(tmp_path, create=False) as ckpt:
+        with pytest.warns(UserWarning, match="skipping checkpoint 30"):
+            step, _ = ckpt.restore_newest_valid(like)
+        assert step == 10
+        with pytest.raises(ValueError, match=str(tmp_path / "30") + ".*sha256"):
+            ckpt.restore(like, 30)
+    os.remove(tmp_path / "10" / "default" / "_METADATA")
+    with pytest.warns(UserWarning, match="skipping checkpoint 10"):
+        with pytest.raises(ValueError, match="no checkpoint .* could be restored"):
+            training.restore_latest(tmp_path, like)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -47,6 +47,8 @@ class MLP(nnx.Module):
         time_embedding: `"sinusoidal"` or `"fourier"` (fixed random frequencies).
         embed_dim: width of the time embedding and of `c`.
         time_scale: `t` is multiplied by it before embedding (see `SinusoidalEmbedding`).
+            The default 1000 suits continuous time `t` in `[0, 1]` (SDEs); use 1 for integer
+            DDPM steps `1..T`.
         num_classes: number of labels for conditioning, or `None`.
         rngs: `nnx.Rngs` for initialisation.
     """
@@ -58,7 +60,7 @@ class MLP(nnx.Module):
         hidden: Sequence[int] = (256, 256, 256),
         time_embedding: str = "sinusoidal",
         embed_dim: int = 128,
-        time_scale: float = 1.0,
+        time_scale: float = 1000.0,
         num_classes: int | None = None,
         rngs: nnx.Rngs,
     ):
