@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,7 +132,7 @@ def check_positive_float(value, name: str) -> float:
     return float(value)
 
 
-def check_model(fn, name: str, x_shape: tuple[int, ...], *arg_dtypes) -> None:
+def check_shape_preserving(fn, name: str, x_shape: tuple[int, ...], *arg_dtypes) -> None:
     """Check, without running or compiling it, that `fn(x, *args)` maps `[B, *event]` to itself.
 
     `x` is abstract with shape `x_shape` (default float dtype); each extra argument is an
@@ -177,19 +176,3 @@ def check_callable(fn, name: str):
     if not callable(fn):
         raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
     return fn
-
-
-def evals_per_step(solver) -> tuple[int, int]:
-    """`(at init, per step)` drift evaluations of a diffrax solver (explicit RK, SRK, Euler)."""
-    tableau = getattr(solver, "tableau", None)
-    if isinstance(solver, (diffrax.Euler, diffrax.EulerHeun)):
-        return 0, 1
-    if isinstance(tableau, diffrax.ButcherTableau):
-        return (1, tableau.num_stages - 1) if tableau.fsal else (0, tableau.num_stages)
-    if isinstance(tableau, diffrax.StochasticButcherTableau):
-        ignored = 0 if tableau.ignore_stage_f is None else int(np.sum(tableau.ignore_stage_f))
-        return 0, len(tableau.b_sol) - ignored
-    raise TypeError(
-        "`solver` must be diffrax.Euler, an explicit Runge-Kutta solver (Heun, Tsit5, ...) or a "
-        f"stochastic Runge-Kutta solver (SEA, ShARK, SRA1, ...); got {type(solver).__name__}."
-    )

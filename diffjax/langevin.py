@@ -24,10 +24,10 @@ from jaxtyping import Array, ArrayLike
 from diffjax._checks import (
     as_float_array,
     check_key,
-    check_model,
     check_positive_float,
     check_positive_int,
     check_shape,
+    check_shape_preserving,
     expand_to,
     is_concrete,
     sum_event,
@@ -55,7 +55,8 @@ def ula(key, score_fn: Callable, x_init: ArrayLike, *, step_size: float, num_ste
         num_steps: number of steps.
 
     Returns:
-        `(x [B, *event], info)` with `info["nfe"] = num_steps`.
+        `(x [B, *event], info)` with `info["nfe"] = num_steps` and `info["finite"]` (false when
+        the chain diverged, e.g. with too large a step).
     """
     key = check_key(key)
     x_init = as_float_array(x_init, "x_init")
@@ -63,9 +64,9 @@ def ula(key, score_fn: Callable, x_init: ArrayLike, *, step_size: float, num_ste
         raise ValueError(f"`x_init` must have shape [B, *event], got {x_init.shape}.")
     step_size = check_positive_float(step_size, "step_size")
     num_steps = check_positive_int(num_steps, "num_steps")
-    check_model(score_fn, "score_fn", tuple(x_init.shape))
+    check_shape_preserving(score_fn, "score_fn", tuple(x_init.shape))
     x = _ula(key, score_fn, x_init, jnp.asarray(step_size, x_init.dtype), num_steps)
-    return x, {"nfe": num_steps}
+    return x, {"nfe": num_steps, "finite": jnp.all(jnp.isfinite(x))}
 
 
 @eqx.filter_jit
@@ -109,7 +110,8 @@ def annealed(
         denoise: return the Tweedie denoised samples.
 
     Returns:
-        `(x [B, *event], info)` with `info["nfe"] = L * steps_per_level (+ 1 with denoise)`.
+        `(x [B, *event], info)` with `info["nfe"] = L * steps_per_level (+ 1 with denoise)` and
+        `info["finite"]` (false when the chain diverged: lower `step_size`).
     """
     key = check_key(key)
     shape = check_shape(shape)
@@ -126,10 +128,10 @@ def annealed(
         init = as_float_array(init, "init")
         if tuple(init.shape) != shape:
             raise ValueError(f"`init` must have shape {shape}, got {init.shape}.")
-    check_model(score_fn, "score_fn", shape, sigmas.dtype)
+    check_shape_preserving(score_fn, "score_fn", shape, sigmas.dtype)
     x = _annealed(key, score_fn, sigmas, shape, steps_per_level, step_size, init, bool(denoise))
     nfe = sigmas.shape[0] * steps_per_level + int(bool(denoise))
-    return x, {"nfe": nfe}
+    return x, {"nfe": nfe, "finite": jnp.all(jnp.isfinite(x))}
 
 
 @eqx.filter_jit

@@ -168,7 +168,8 @@ def log_prob(
     Returns:
         `(logp [B], info)` with `info` holding `nfe` (model evaluations, each with its JVPs),
         `num_steps` (accepted and rejected), `z` (the latent, `[B, *event]`), `prior_log_prob`
-        `[B]` and `delta_logp` `[B]` (`int div f~ dt`).
+        `[B]`, `delta_logp` `[B]` (`int div f~ dt`) and `finite` (false if the solve produced a
+        NaN or inf).
 
     Raises:
         TypeError / ValueError: naming the argument, before compilation.
@@ -232,6 +233,7 @@ def log_prob(
         "z": z,
         "prior_log_prob": prior,
         "delta_logp": delta_logp,
+        "finite": jnp.all(jnp.isfinite(logp)),
     }
     return logp, info
 
@@ -385,5 +387,8 @@ def dequantize(
                 f"`x` must hold integers in {{0, ..., {data_range - 1}}} (data_range = "
                 f"{data_range}), got values in [{float(jnp.min(x))}, {float(jnp.max(x))}]."
             )
+    else:
+        bad = jnp.any(x != jnp.round(x)) | jnp.any(x < 0) | jnp.any(x > data_range - 1)
+        x = eqx.error_if(x, bad, f"`x` must hold integers in {{0, ..., {data_range - 1}}}.")
     u = jax.random.uniform(key, x.shape, dtype=x.dtype)
     return lo + (hi - lo) * (x + u) / data_range

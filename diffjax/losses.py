@@ -35,6 +35,7 @@ from diffjax._checks import (
     check_positive_int,
     check_t_eps,
     expand_to,
+    is_concrete,
     sum_event,
 )
 from diffjax.forward import q_posterior, q_sample
@@ -383,16 +384,18 @@ def ddpm_vlb(
         chunk_size = max(1, min(num_steps, 4096 // batch))
     chunk_size = check_positive_int(chunk_size, "chunk_size")
 
+    t_shape = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    out = jax.eval_shape(lambda x, t: model(x, t), x0, t_shape)
+    if not hasattr(out, "shape") or out.shape != x0.shape:
+        raise ValueError(
+            f"`model` must return an array of the shape of x0 {x0.shape}, "
+            f"got {getattr(out, 'shape', type(out).__name__)}."
+        )
+
     def x0_hat_at(t: Array, noise: Array) -> tuple[Array, Array]:
         t_b = jnp.full((batch,), t)
         x_t = q_sample(schedule, x0, t_b, noise)
-        x0_hat = model.x0(x_t, t_b)
-        if not hasattr(x0_hat, "shape") or x0_hat.shape != x0.shape:
-            raise ValueError(
-                f"`model` must return an array of the shape of x0 {x0.shape}, "
-                f"got {getattr(x0_hat, 'shape', type(x0_hat).__name__)}."
-            )
-        return x_t, x0_hat
+        return x_t, model.x0(x_t, t_b)
 
     def step_kl(args) -> Array:
         t, k = args
@@ -474,6 +477,8 @@ def vae_elbo(
     key = check_key(key)
     x = _check_data(x, "x")
     obs_std = as_float_array(obs_std, "obs_std")
+    if is_concrete(obs_std) and not bool(jnp.all(obs_std > 0)):
+        raise ValueError(f"`obs_std` must be positive, got {obs_std}.")
     try:
         log_obs_std = jnp.broadcast_to(jnp.log(obs_std), x.shape)
     except ValueError as err:

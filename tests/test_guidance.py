@@ -33,12 +33,6 @@ TOL = 0.005  # 2-D energy distance to the exact class-conditional: ~3x its noise
 LABELS = np.asarray(data.two_class_params()[3])
 NULL = 2  # the null label of the exact conditional models below
 
-# Not yet fixed in the library: `losses.classifier` names an undefined `AbstractSDE` for
-# continuous processes (diffjax/losses.py, `classifier`), so training a noise-conditional
-# classifier on the VP SDE raises NameError. Strict: the marker must go once it is fixed.
-CLASSIFIER_LOSS_BUG = pytest.mark.xfail(
-    raises=NameError, strict=True, reason="losses.classifier: undefined AbstractSDE (library bug)"
-)
 
 
 # ----------------------------------------------------------------------------- exact references
@@ -371,7 +365,6 @@ def _train_score(vp) -> dj.Model:
     return dj.Model(apply, vp, "eps", params=_train(score_loss, params, jax.random.key(1), 2000))
 
 
-@CLASSIFIER_LOSS_BUG
 def test_trained_classifier_guidance(two):
     y = jnp.arange(1000) % 2
     log_prob = _train_classifier(two.vp)  # first: it is what fails while the bug stands

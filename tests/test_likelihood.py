@@ -58,6 +58,19 @@ def _random_gaussian(key, dim: int) -> dj.GaussianMixture:
     return dj.gaussian(mean, std)
 
 
+# Weights of the three-component layout shared by the D = 2 cases (one compilation per process
+# and prediction kind serves them all).
+_WEIGHTS = jnp.array([0.2, 0.3, 0.5])
+
+
+def _as_three_components(dist: dj.GaussianMixture) -> dj.GaussianMixture:
+    """A one-component mixture (a Gaussian) as three identical components: the same density
+    with the pytree shapes of the three-component mixtures, so it shares their compilation."""
+    return dj.GaussianMixture(
+        _WEIGHTS, jnp.repeat(dist.means, 3, axis=0), jnp.repeat(dist.stds, 3, axis=0)
+    )
+
+
 def _eight_gaussians() -> dj.GaussianMixture:
     """The 8-Gaussian ring of radius 2, components widened to std 0.3 (less stiff near t = 0)."""
     return dj.GaussianMixture(*eight_gaussians_params(std=0.3))
@@ -71,6 +84,8 @@ def _max_error_per_dim(logp, ref, dim: int) -> float:
 def test_gaussian_exact_divergence_matches_log_density(dim):
     dist = _random_gaussian(jax.random.key(dim), dim)
     x = dist.sample(jax.random.key(100 + dim), 32)
+    if dim == 2:
+        dist = _as_three_components(dist)  # same density, shared compilation
     sde = dj.VPSDE()
     logp, info = _log_prob(dist, sde, x, jax.random.key(0))
     ref = dist.log_prob(x, sde, T_EPS)
@@ -91,6 +106,7 @@ def test_every_sde_passes_the_gaussian_check(sde):
     dim = 2
     dist = _random_gaussian(jax.random.key(7), dim)
     x = dist.sample(jax.random.key(8), 32)
+    dist = _as_three_components(dist)  # same density, shared compilation
     logp, _ = _log_prob(dist, sde, x, jax.random.key(0))
     assert _max_error_per_dim(logp, dist.log_prob(x, sde, T_EPS), dim) < 1e-3
 
@@ -106,24 +122,23 @@ PROCESSES = {
     "cosine": dj.Cosine(),
 }
 
-_WEIGHTS = jnp.array([0.2, 0.3, 0.5])
 _STD = jnp.array([[0.4, 0.7], [0.6, 0.3], [0.5, 0.5]])
 
 
 @pytest.fixture(scope="module")
 def small_cases():
-    """A 2-D Gaussian and a 3-component diagonal 2-D mixture, with 8 points of each.
+    """A 2-D Gaussian and a 3-component diagonal 2-D mixture, with 32 points of each.
 
     The Gaussian is written as a mixture of three identical components (the same density as
-    `dj.gaussian`, checked here), so both distributions have the same pytree shapes and share
-    one compilation per process and prediction kind.
+    `dj.gaussian`, checked here), so both distributions have the same pytree shapes (those of
+    the other D = 2 cases above) and share one compilation per process and prediction kind.
     """
     mean, std = jnp.array([0.8, -0.5]), jnp.array([0.6, 1.2])
-    gauss = dj.GaussianMixture(_WEIGHTS, jnp.tile(mean, (3, 1)), jnp.tile(std, (3, 1)))
+    gauss = _as_three_components(dj.gaussian(mean, std))
     mixture = dj.GaussianMixture(_WEIGHTS, jnp.array([[-1.5, 0.5], [1.0, 1.0], [0.5, -1.5]]), _STD)
     cases = {}
     for name, dist in (("gaussian", gauss), ("mixture", mixture)):
-        x = dist.sample(jax.random.key(21 + len(cases)), 8)
+        x = dist.sample(jax.random.key(21 + len(cases)), 32)
         cases[name] = (dist, x)
     x = cases["gaussian"][1]
     np.testing.assert_allclose(
@@ -160,7 +175,8 @@ def test_default_prior_on_centred_data():
 
 def test_sign_of_the_volume_term():
     """Data narrower than the prior is compressed by the flow to `T`: delta_logp > 0."""
-    dist = dj.gaussian(jnp.zeros(2), jnp.full(2, 0.3))  # same dtypes: no recompilation
+    # Same shapes as the other D = 2 cases: no recompilation.
+    dist = _as_three_components(dj.gaussian(jnp.zeros(2), jnp.full(2, 0.3)))
     x = dist.sample(jax.random.key(4), 32)
     sde = dj.VPSDE()
     logp, info = _log_prob(dist, sde, x, jax.random.key(0))
@@ -210,9 +226,9 @@ def test_hutchinson_is_unbiased_for_a_flow_matching_model(small_cases):
     `small_cases`): Hutchinson's mean matches `Exact()` (4 points x 256 copies)."""
     dist, x = small_cases["mixture"]
     rf = PROCESSES["rf"]
-    exact, _ = _log_prob(dist, rf, x[:4], jax.random.key(0), prediction="velocity")
+    exact, _ = _log_prob(dist, rf, x, jax.random.key(0), prediction="velocity")  # compiled above
     # The exact divergence itself is right (so agreement with it is agreement with the truth).
-    assert _max_error_per_dim(exact, dist.log_prob(x[:4], rf, T_EPS), 2) < 1e-3
+    assert _max_error_per_dim(exact, dist.log_prob(x, rf, T_EPS), 2) < 1e-3
     x_rep = jnp.repeat(x[:4], 256, axis=0)
     logp, _ = _log_prob(dist, rf, x_rep, jax.random.key(6), Hutchinson(), prediction="velocity")
     _check_unbiased(exact, logp, 4, 256)

@@ -440,17 +440,11 @@ def test_vae_elbo_learned_sigma_gradient():
 # ----------------------------------------------------------------------------- classifier
 
 
-# `losses.classifier` on a continuous process refers to an undefined `AbstractSDE`
-# (diffjax/losses.py) and raises NameError: a library bug, reported; strict, so the marker must
-# be removed once it is fixed.
-CLASSIFIER_LOSS_BUG = pytest.mark.xfail(
-    raises=NameError, strict=True, reason="losses.classifier: undefined AbstractSDE (library bug)"
-)
 
 
 @pytest.mark.parametrize(
     "process",
-    [pytest.param(dj.VPSDE(), marks=CLASSIFIER_LOSS_BUG), schedules.linear(50)],
+    [dj.VPSDE(), schedules.linear(50)],
     ids=["vp", "ddpm"],
 )
 def test_classifier_loss_exact_posterior_is_the_optimum(eight_gaussians, process):
@@ -531,7 +525,6 @@ def test_bad_input_gives_clear_errors(data):
         )  # fmt: skip
 
 
-@CLASSIFIER_LOSS_BUG
 def test_classifier_loss_bad_logits_on_an_sde(data):
     with pytest.raises(ValueError, match="logits"):
         losses.classifier(
@@ -540,11 +533,6 @@ def test_classifier_loss_bad_logits_on_an_sde(data):
         )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: ddpm_vlb checks the shape of the x0 view, which broadcasts a [B, 1] "
-    "eps output against x; the raw model output is not checked",
-)
 def test_ddpm_vlb_rejects_an_eps_model_of_the_wrong_shape(data):
     """The old `eps_fn` check: an eps network returning `[B, 1]` for `[B, 2]` data is refused."""
     model = dj.Model(lambda x, t: x[:, :1], schedules.linear(5), "eps")

@@ -353,10 +353,12 @@ def test_label_guidance_and_sampler_checked_before_loading(tmp_path, capsys):
     assert "need a conditional model" in _stderr_line(capsys)
     (tmp_path / "ve").mkdir()
     ve = _run_dir(tmp_path / "ve", process="ve")
-    assert sample.main(["--workdir", ve, "--sampler", "ddim"]) == 2
+    assert sample.main(["--workdir", ve, "--sampler", "ddpm"]) == 2
     assert "needs a discrete schedule" in _stderr_line(capsys)
-    assert evaluate.main(["--workdir", ve, "--samplers", "dpm_solver"]) == 2
-    assert "needs a VP model" in _stderr_line(capsys)
+    (tmp_path / "cos").mkdir()
+    cos = _run_dir(tmp_path / "cos", process="cosine", loss="ddpm")
+    assert evaluate.main(["--workdir", cos, "--samplers", "dpm_solver"]) == 2
+    assert "needs a continuous process" in _stderr_line(capsys)
 
 
 def test_nan_data_is_refused_in_one_line(tmp_path, monkeypatch, capsys):

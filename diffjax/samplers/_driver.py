@@ -29,17 +29,23 @@ class SamplerInfo(NamedTuple):
         num_steps: solver steps taken (int32 array).
         trajectory: `[S, B, *event]` states (not denoised) at `times`, with `save_times`.
         times: `[S]` the times of `trajectory`, in sampling order (decreasing).
+        finite: whether every sample is finite (a bool array): a NaN or inf produced inside the
+            sampler (a diverging model, too large a step) is reported here, never silently.
     """
 
     nfe: Array
     num_steps: Array
     trajectory: Array | None = None
     times: Array | None = None
+    finite: Array | None = None
 
 
 def result(x: Array, nfe, num_steps, saved) -> tuple[Array, SamplerInfo]:
     traj, times = (None, None) if saved is None else saved
-    info = SamplerInfo(jnp.asarray(nfe, jnp.int32), jnp.asarray(num_steps, jnp.int32), traj, times)
+    info = SamplerInfo(
+        jnp.asarray(nfe, jnp.int32), jnp.asarray(num_steps, jnp.int32), traj, times,
+        jnp.all(jnp.isfinite(x)),
+    )  # fmt: skip
     return x, info
 
 
