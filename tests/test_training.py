@@ -128,7 +128,7 @@ def test_mlp_on_eight_gaussians_reaches_the_exact_score_loss(eight_gaussians):
 
     held_out = eight_gaussians.sample(jax.random.key(3), 4096)
     eval_keys = jax.random.split(jax.random.key(4), 4)
-    exact = dj.exact_eps(eight_gaussians, sde)
+    exact = dj.exact_model(eight_gaussians, sde, "eps")
 
     @jax.jit
     def evaluate(p):
