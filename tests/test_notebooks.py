@@ -32,8 +32,18 @@ def test_notebooks_found():
     assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# The second half runs from test_notebooks_late.py, so that pytest-xdist (--dist loadfile) puts
+# the two halves on different workers.
+FIRST_HALF = NOTEBOOKS[:3]
+
+
+@pytest.mark.parametrize("path", FIRST_HALF, ids=[p.stem for p in FIRST_HALF])
 def test_notebook_executes(path, monkeypatch):
+    execute(path, monkeypatch)
+
+
+def execute(path, monkeypatch):
+    """Run the notebook at `path` in SMALL mode; fail on any error output."""
     monkeypatch.setenv("DIFFJAX_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
