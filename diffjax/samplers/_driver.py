@@ -83,20 +83,7 @@ def check_model(model, shape: tuple[int, ...], *, continuous: bool, process=None
             f"{type(model.process).__name__} (use the continuous samplers)."
         )
     t_dtype = jnp.result_type(float) if continuous else jnp.int32
-    x = jax.ShapeDtypeStruct(shape, jnp.result_type(float))
-    try:
-        # Through a closure: eval_shape would otherwise format the model's arrays (slow).
-        out = jax.eval_shape(lambda x, t: model(x, t), x, jax.ShapeDtypeStruct(shape[:1], t_dtype))
-    except Exception as err:  # the network's own error, re-raised naming the argument
-        raise ValueError(
-            f"`model` could not be evaluated on x of shape {shape} and t of shape {shape[:1]}: "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    if getattr(out, "shape", None) != shape:
-        raise ValueError(
-            f"`model` must return an array of the state's shape {shape}, got "
-            f"{getattr(out, 'shape', type(out).__name__)}."
-        )
+    out = _state_map_output("model", lambda x, t: model(x, t), shape, (shape[:1], t_dtype))
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"`model` must return a real floating array, got dtype {out.dtype}.")
     return model
@@ -196,18 +183,28 @@ def check_projection(projection, key, shape: tuple[int, ...], t_dtype) -> None:
         raise TypeError(
             f"`projection` must be callable as projection(key, x, t), got {type(projection).__name__}."
         )
+    _state_map_output("projection", lambda x, t: projection(key, x, t), shape, ((), t_dtype))
+
+
+def _state_map_output(name: str, fn, shape: tuple[int, ...], t_spec):
+    """The abstract output of `fn(x [shape], t [t_spec])`, which must have the state's shape.
+
+    `fn` is a closure so that `eval_shape` never formats a model's arrays (slow for big ones).
+    """
     x = jax.ShapeDtypeStruct(shape, jnp.result_type(float))
     try:
-        out = jax.eval_shape(projection, key, x, jax.ShapeDtypeStruct((), t_dtype))
-    except Exception as err:  # the projection's own error, re-raised naming the argument
+        out = jax.eval_shape(fn, x, jax.ShapeDtypeStruct(*t_spec))
+    except Exception as err:  # the function's own error, re-raised naming the argument
         raise ValueError(
-            f"`projection` could not be evaluated on x of shape {shape}: {type(err).__name__}: {err}"
+            f"`{name}` could not be evaluated on x of shape {shape} and t of shape "
+            f"{t_spec[0]}: {type(err).__name__}: {err}"
         ) from err
     if getattr(out, "shape", None) != shape:
         raise ValueError(
-            f"`projection` must return an array of the state's shape {shape}, got "
+            f"`{name}` must return an array of the state's shape {shape}, got "
             f"{getattr(out, 'shape', type(out).__name__)}."
         )
+    return out
 
 
 def check_solver(solver, default, name: str = "solver"):
