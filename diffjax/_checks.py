@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,22 +115,76 @@ def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
     return tuple(check_positive_int(s, f"{name}[{i}]") for i, s in enumerate(shape))
 
 
-def check_scalar(value, name: str, *, positive: bool = False) -> float:
-    """A finite Python/NumPy real scalar (positive if asked) as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
-    if not np.isfinite(value) or (positive and value <= 0):
+def check_scalar(value, name: str, *, positive: bool = False) -> None:
+    """A real scalar (Python/NumPy number or 0-d array), finite and positive if asked.
+
+    For constructors' `__check_init__`; a traced value passes (it is checked where it is used).
+    """
+    if isinstance(value, bool) or not isinstance(
+        value, (int, float, np.number, np.ndarray, jax.Array)
+    ):
+        raise TypeError(f"`{name}` must be a real scalar, got {type(value).__name__}.")
+    dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
+    if np.ndim(value) != 0 or not np.issubdtype(dtype, np.number) or np.iscomplexobj(value):
+        raise TypeError(f"`{name}` must be a real scalar, got {dtype}{list(np.shape(value))}.")
+    v = concrete(value)
+    if v is None:
+        return
+    if not np.isfinite(v) or (positive and v <= 0):
         kind = "positive finite" if positive else "finite"
-        raise ValueError(f"`{name}` must be a {kind} float, got {value}.")
-    return float(value)
+        raise ValueError(f"`{name}` must be a {kind} number, got {float(v)}.")
 
 
-def check_positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a positive finite float, got {value}.")
-    return float(value)
+def check_knob(value, name: str, lo=None, hi=None, *, strict: bool = False) -> Array:
+    """A real scalar knob (Python number or a possibly traced 0-d array) as a float array.
+
+    Must be finite and in `[lo, hi]` (`(lo, hi]` with `strict`). Checked now when concrete;
+    under `jit` the range is checked by `eqx.error_if` at run time.
+    """
+    if isinstance(value, bool) or not isinstance(
+        value, (int, float, np.number, np.ndarray, jax.Array)
+    ):
+        raise TypeError(f"`{name}` must be a real scalar, got {type(value).__name__}.")
+    with jax.ensure_compile_time_eval():  # a Python number stays concrete inside an outer jit
+        arr = jnp.asarray(value)
+    if arr.ndim != 0 or not (
+        jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
+    ):
+        raise TypeError(f"`{name}` must be a real scalar, got {arr.dtype}{list(arr.shape)}.")
+    with jax.ensure_compile_time_eval():
+        arr = arr.astype(jnp.result_type(float))
+    if hi is not None:
+        bounds = f"in {'(' if strict else '['}{lo}, {hi}]"
+    else:
+        bounds = f"{'>' if strict else '>='} {lo}"
+    if is_concrete(arr):
+        v = float(arr)
+        below = lo is not None and (v <= lo if strict else v < lo)
+        if not np.isfinite(v) or below or (hi is not None and v > hi):
+            raise ValueError(f"`{name}` must be finite and {bounds}, got {v}.")
+        return arr
+    bad = ~jnp.isfinite(arr)
+    if lo is not None:
+        bad = bad | ((arr <= lo) if strict else (arr < lo))
+    if hi is not None:
+        bad = bad | (arr > hi)
+    return eqx.error_if(arr, bad, f"`{name}` must be finite and {bounds}.")
+
+
+def check_times(process, t_eps, t_max) -> tuple[Array, Array]:
+    """`0 < t_eps < t_max <= T`; `None` takes the process' `t_eps` / `t_max`. May be traced."""
+    t_eps = check_knob(process.t_eps if t_eps is None else t_eps, "t_eps", 0.0, process.T)
+    t_max = check_knob(process.t_max if t_max is None else t_max, "t_max", 0.0, process.T)
+    if is_concrete(t_eps) and is_concrete(t_max):
+        if not 0.0 < float(t_eps) < float(t_max):
+            raise ValueError(
+                f"`t_eps` must lie in (0, t_max) = (0, {float(t_max)}), got {float(t_eps)}."
+            )
+    else:
+        t_eps = eqx.error_if(
+            t_eps, (t_eps <= 0) | (t_eps >= t_max), "`t_eps` must lie in (0, t_max)."
+        )
+    return t_eps, t_max
 
 
 def check_shape_preserving(fn, name: str, x_shape: tuple[int, ...], *arg_dtypes) -> None:
@@ -162,14 +217,6 @@ def check_choice(value, name: str, choices: tuple):
     if isinstance(value, bool) or value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
     return value
-
-
-def check_t_eps(t_eps, T: float) -> float:
-    """The time cut-off `t_eps`: a float in `(0, T)`."""
-    t_eps = check_positive_float(t_eps, "t_eps")
-    if not t_eps < T:
-        raise ValueError(f"`t_eps` must lie in (0, T) = (0, {T}), got {t_eps}.")
-    return t_eps
 
 
 def check_callable(fn, name: str):

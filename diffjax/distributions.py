@@ -30,6 +30,7 @@ from diffjax._checks import (
     concrete,
     expand_to,
 )
+from diffjax._typing import Values
 from diffjax.model import PREDICTIONS, Model, from_x0_eps, path_coefficients
 from diffjax.processes import AbstractMarginal, AbstractProcess
 
@@ -69,7 +70,7 @@ class GaussianMixture(eqx.Module):
     means: Array
     stds: Array
 
-    def __init__(self, weights: ArrayLike, means: ArrayLike, stds: ArrayLike):
+    def __init__(self, weights: Values, means: Values, stds: Values):
         weights = as_float_array(weights, "weights")
         means = as_float_array(means, "means")
         stds = as_float_array(stds, "stds")
@@ -84,14 +85,15 @@ class GaussianMixture(eqx.Module):
             raise ValueError(
                 f"`stds` must have shape [K={k}] or [K, *event] = {means.shape}, got {stds.shape}."
             )
-        stds = jnp.broadcast_to(stds, means.shape)
-        w = concrete(weights)
+        self.weights, self.means, self.stds = weights, means, jnp.broadcast_to(stds, means.shape)
+
+    def __check_init__(self):
+        w = concrete(self.weights)
         if w is not None and (np.any(w <= 0) or abs(float(w.sum()) - 1.0) > 1e-5):
-            raise ValueError(f"`weights` must be positive and sum to 1, got {weights}.")
-        s = concrete(stds)
+            raise ValueError(f"`weights` must be positive and sum to 1, got {self.weights}.")
+        s = concrete(self.stds)
         if s is not None and np.any(s <= 0):
             raise ValueError("`stds` must be positive.")
-        self.weights, self.means, self.stds = weights, means, stds
 
     @property
     def num_components(self) -> int:
@@ -193,7 +195,7 @@ class GaussianMixture(eqx.Module):
         w = self.weights[idx]
         return GaussianMixture(w / jnp.sum(w), self.means[idx], self.stds[idx])
 
-    def noised(self, process, t: float) -> GaussianMixture:
+    def noised(self, process, t: ArrayLike) -> GaussianMixture:
         """The mixture `p_t` at a single time `t` (a scalar) as a `GaussianMixture`."""
         t = jnp.asarray(t)
         _check_process(process)

@@ -21,6 +21,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import as_float_array, check_key, expand_to, is_concrete
+from diffjax._typing import Scalar
 from diffjax.model import Model
 from diffjax.processes import AbstractMarginal
 
@@ -150,7 +151,7 @@ class _ClassifierGuidance(eqx.Module):
 
 
 def classifier_guidance(
-    model: Model, log_prob_fn: Callable, y: ArrayLike, scale: float = 1.0
+    model: Model, log_prob_fn: Callable, y: ArrayLike, scale: Scalar = 1.0
 ) -> Model:
     r"""The model of `p_t(x) p_t(y | x)^scale`: score `s(x, t) + scale grad_x log p_t(y | x)`.
 
@@ -210,7 +211,7 @@ class _ClassifierFree(eqx.Module):
         return cond + self.weight * (cond - uncond)
 
 
-def classifier_free(model: Model, y: ArrayLike, null_label: int, weight: float = 1.0) -> Model:
+def classifier_free(model: Model, y: ArrayLike, null_label: int, weight: Scalar = 1.0) -> Model:
     r"""Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6).
 
     `eps~(x, t) = (1 + w) eps(x, t, y) - w eps(x, t, null)`: with `w = 0` the conditional model.
@@ -241,7 +242,7 @@ def classifier_free(model: Model, y: ArrayLike, null_label: int, weight: float =
     return Model(guided, model.process, model.prediction)
 
 
-def drop_labels(key, labels: ArrayLike, p: float, null_label: int) -> Array:
+def drop_labels(key, labels: ArrayLike, p: Scalar, null_label: int) -> Array:
     """Replace each label by `null_label` with probability `p` (label dropout, Ho & Salimans 2022).
 
     Training a conditional model on the dropped labels teaches it both `eps(x, t, y)` and the

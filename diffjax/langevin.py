@@ -24,7 +24,7 @@ from jaxtyping import Array, ArrayLike
 from diffjax._checks import (
     as_float_array,
     check_key,
-    check_positive_float,
+    check_knob,
     check_positive_int,
     check_shape,
     check_shape_preserving,
@@ -32,6 +32,7 @@ from diffjax._checks import (
     is_concrete,
     sum_event,
 )
+from diffjax._typing import Scalar, Values
 
 __all__ = ["NORMS", "annealed", "langevin_corrector", "ula"]
 
@@ -40,7 +41,7 @@ NORMS = ("example", "batch")  # how `langevin_corrector` takes the norms in its 
 
 # ---------------------------------------------------------------- shared argument checks
 # ---------------------------------------------------------------- samplers
-def ula(key, score_fn: Callable, x_init: ArrayLike, *, step_size: float, num_steps: int):
+def ula(key, score_fn: Callable, x_init: ArrayLike, *, step_size: Scalar, num_steps: int):
     """Unadjusted Langevin algorithm: `x <- x + h/2 s(x) + sqrt(h) z` for `num_steps` steps.
 
     The Euler-Maruyama discretisation of the notes' `dx = 1/2 grad log p(x) dt + dW`, which keeps
@@ -62,7 +63,7 @@ def ula(key, score_fn: Callable, x_init: ArrayLike, *, step_size: float, num_ste
     x_init = as_float_array(x_init, "x_init")
     if x_init.ndim < 2:
         raise ValueError(f"`x_init` must have shape [B, *event], got {x_init.shape}.")
-    step_size = check_positive_float(step_size, "step_size")
+    step_size = check_knob(step_size, "step_size", 0.0, strict=True)
     num_steps = check_positive_int(num_steps, "num_steps")
     check_shape_preserving(score_fn, "score_fn", tuple(x_init.shape))
     x = _ula(key, score_fn, x_init, jnp.asarray(step_size, x_init.dtype), num_steps)
@@ -81,11 +82,11 @@ def _ula(key, score_fn, x, step_size, num_steps):
 def annealed(
     key,
     score_fn: Callable,
-    sigmas: ArrayLike,
+    sigmas: Values,
     shape,
     *,
     steps_per_level: int = 100,
-    step_size: float = 2e-5,
+    step_size: Scalar = 2e-5,
     init: ArrayLike | None = None,
     denoise: bool = True,
 ):
@@ -123,7 +124,7 @@ def annealed(
     ):
         raise ValueError(f"`sigmas` must be positive and decreasing, got {sigmas}.")
     steps_per_level = check_positive_int(steps_per_level, "steps_per_level")
-    step_size = check_positive_float(step_size, "step_size")
+    step_size = check_knob(step_size, "step_size", 0.0, strict=True)
     if init is not None:
         init = as_float_array(init, "init")
         if tuple(init.shape) != shape:
@@ -160,7 +161,7 @@ def langevin_corrector(
     x: Array,
     t: ArrayLike,
     *,
-    snr: float,
+    snr: Scalar,
     alpha: ArrayLike = 1.0,
     norm: str = "batch",
 ) -> Array:

@@ -47,10 +47,13 @@ from diffjax._checks import (
     check_choice,
     check_key,
     check_positive_int,
+    check_times,
     is_concrete,
     sum_event,
 )
+from diffjax._typing import Key, Scalar
 from diffjax.model import Model
+from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
 from diffjax.samplers.sde import _reraise_solver_error
 
@@ -124,15 +127,15 @@ def log_prob(
     model: Model,
     x: ArrayLike,
     *args,
-    key=None,
+    key: Key | None = None,
     divergence: Exact | Hutchinson | None = None,
     solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-    t_eps: float = 1e-5,
-    t_max: float | None = None,
+    t_eps: Scalar = 1e-5,
+    t_max: Scalar | None = None,
     max_steps: int = 4096,
     prior_log_prob_fn: Callable | None = None,
-    process=None,
+    process: AbstractProcess | None = None,
 ) -> tuple[Array, dict]:
     r"""`log p(x)` per example through the probability-flow ODE: `[B, *event] -> [B]`.
 
@@ -206,7 +209,7 @@ def log_prob(
     model, out_dtype = _check_likelihood_model(model, x, args, process)
     # The solve runs in float32 at least (bfloat16 data is promoted), and in the model's dtype.
     x = x.astype(jnp.promote_types(jnp.promote_types(x.dtype, out_dtype), jnp.float32))
-    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
+    t_eps, t_max = check_times(model.process, t_eps, t_max)
     batch = x.shape[0]
     prior_out = jax.eval_shape(prior_log_prob_fn or model.process.prior_log_prob, x)
     if not hasattr(prior_out, "shape") or tuple(prior_out.shape) != (batch,):
@@ -353,7 +356,7 @@ def bits_per_dim(
 
 
 def dequantize(
-    key,
+    key: Key,
     x: ArrayLike,
     *,
     data_range: int = 256,

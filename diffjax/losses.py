@@ -33,11 +33,12 @@ from diffjax._checks import (
     check_choice,
     check_key,
     check_positive_int,
-    check_t_eps,
+    check_times,
     expand_to,
     is_concrete,
     sum_event,
 )
+from diffjax._typing import Key, Scalar
 from diffjax.forward import q_posterior, q_sample
 from diffjax.guidance import drop_labels
 from diffjax.model import PREDICTIONS, Model, from_x0_eps, to_x0_eps
@@ -143,7 +144,7 @@ def _denoising_error(
     return per_example, eps_sq
 
 
-def _likelihood_times(sde: AbstractProcess, key, batch: int, t_eps: float) -> tuple[Array, Array]:
+def _likelihood_times(sde: AbstractProcess, key, batch: int, t_eps: Scalar) -> tuple[Array, Array]:
     """Times with density `p(t) ∝ g(t)^2 / s(t)^2` on `[t_eps, T]` and `h(t) / p(t)`.
 
     The CDF of `h = g^2 / s^2` is tabulated with the trapezoid rule on a geometric grid
@@ -190,18 +191,18 @@ def _regression_loss(
 def dsm(
     params,
     apply_fn: Callable,
-    key,
+    key: Key,
     x0: ArrayLike,
     process: AbstractProcess,
     *,
     prediction: str = "eps",
     weighting: str = "simple",
-    t_eps: float = 1e-5,
+    t_eps: Scalar = 1e-5,
     labels: ArrayLike | None = None,
-    label_dropout: float = 0.0,
+    label_dropout: Scalar = 0.0,
     null_label: int | None = None,
     importance_sampling: bool = False,
-    snr_gamma: float = 5.0,
+    snr_gamma: Scalar = 5.0,
     reduce_mean: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
     r"""Denoising score matching on a continuous Gaussian path (any process, any prediction kind).
@@ -259,7 +260,7 @@ def dsm(
     sde = process
     check_choice(prediction, "prediction", PREDICTIONS)
     check_choice(weighting, "weighting", WEIGHTINGS)
-    t_eps = check_t_eps(t_eps, sde.T)
+    t_eps, _ = check_times(sde, t_eps, sde.T)
     if importance_sampling and weighting != "likelihood":
         raise ValueError("`importance_sampling=True` requires `weighting='likelihood'`.")
     if not snr_gamma > 0:
@@ -294,12 +295,12 @@ def dsm(
 def ddpm(
     params,
     apply_fn: Callable,
-    key,
+    key: Key,
     x0: ArrayLike,
     schedule: DiscreteSchedule,
     *,
     labels: ArrayLike | None = None,
-    label_dropout: float = 0.0,
+    label_dropout: Scalar = 0.0,
     null_label: int | None = None,
     prediction: str = "eps",
     reduce_mean: bool = True,
@@ -334,7 +335,7 @@ def ddpm(
 
 def ddpm_vlb(
     model: Model,
-    key,
+    key: Key,
     x0: ArrayLike,
     *,
     return_terms: bool = False,
@@ -445,7 +446,7 @@ class VAEApply(NamedTuple):
 def vae_elbo(
     params,
     vae_apply: VAEApply | tuple[Callable, Callable],
-    key,
+    key: Key,
     x: ArrayLike,
     *,
     obs_std: ArrayLike = 1.0,
@@ -517,12 +518,12 @@ def vae_elbo(
 def classifier(
     params,
     apply_fn: Callable,
-    key,
+    key: Key,
     x0: ArrayLike,
     labels: ArrayLike,
     process,
     *,
-    t_eps: float = 1e-5,
+    t_eps: Scalar = 1e-5,
 ) -> tuple[Array, dict[str, Array]]:
     """Cross-entropy of a noise-conditional classifier `log p_t(y | x_t)` (for guidance).
 
@@ -551,7 +552,7 @@ def classifier(
     if isinstance(process, DiscreteSchedule):
         t = jax.random.randint(t_key, (batch,), 1, process.num_steps + 1)
     elif isinstance(process, AbstractProcess):
-        t_eps = check_t_eps(t_eps, process.T)
+        t_eps, _ = check_times(process, t_eps, process.T)
         t = jax.random.uniform(t_key, (batch,), x0.dtype, t_eps, process.T)
     else:
         raise TypeError(f"`process` must be a schedule or an SDE, got {type(process).__name__}.")

@@ -63,7 +63,7 @@ def energy_distance(x: ArrayLike, y: ArrayLike) -> Array:
     return 2.0 * xy - xx - yy
 
 
-def mmd(x: ArrayLike, y: ArrayLike, bandwidth: float = 1.0) -> Array:
+def mmd(x: ArrayLike, y: ArrayLike, bandwidth: ArrayLike = 1.0) -> Array:
     """Unbiased squared maximum mean discrepancy with a Gaussian kernel `exp(-|d|^2 / (2 h^2))`."""
     x, y = _flatten_pair(x, y)
     if not bandwidth > 0:

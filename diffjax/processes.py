@@ -25,6 +25,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import (
@@ -32,6 +33,7 @@ from diffjax._checks import (
     check_key,
     check_positive_int,
     check_scalar,
+    concrete,
     expand_to,
     standard_normal_log_prob,
 )
@@ -46,6 +48,34 @@ __all__ = [
     "RectifiedFlow",
     "SubVPSDE",
 ]
+
+
+
+def _as_leaf(value):
+    """Converter for a numeric parameter stored as an array leaf (others are left for
+    `__check_init__` to reject by name)."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return jnp.asarray(value)
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.number):
+        return jnp.asarray(value)
+    return value
+
+
+def _as_static(value):
+    """Converter for a numeric parameter stored as a static Python float."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_range(lo_name: str, lo, hi_name: str, hi, *, strict: bool = True) -> None:
+    """Two positive scalars with `lo < hi` (`lo <= hi` unless `strict`), checked when concrete."""
+    check_scalar(lo, lo_name, positive=True)
+    check_scalar(hi, hi_name, positive=True)
+    lo_c, hi_c = concrete(lo), concrete(hi)
+    if lo_c is not None and hi_c is not None and (lo_c >= hi_c if strict else lo_c > hi_c):
+        rel = "be smaller than" if strict else "not exceed"
+        raise ValueError(f"`{lo_name}` ({float(lo_c)}) must {rel} `{hi_name}` ({float(hi_c)}).")
 
 
 class AbstractMarginal(eqx.Module):
@@ -93,7 +123,10 @@ class AbstractProcess(AbstractMarginal):
     `t_max` the default start (`T`, or just below it where `alpha(T) = 0`).
     """
 
-    T: eqx.AbstractVar[float]
+    @property
+    @abc.abstractmethod
+    def T(self) -> float:
+        """The end of the time interval `[0, T]`."""
 
     @property
     def t_eps(self) -> float:
@@ -163,18 +196,13 @@ class AbstractProcess(AbstractMarginal):
 class _AbstractVPFamily(AbstractProcess):
     """VP and sub-VP: `beta(t) = beta_min + t / T (beta_max - beta_min)`, `alpha = exp(-int beta / 2)`."""
 
-    beta_min: Array
-    beta_max: Array
-    T: float = eqx.field(static=True)
+    beta_min: Array = eqx.field(default=0.1, converter=_as_leaf)
+    beta_max: Array = eqx.field(default=20.0, converter=_as_leaf)
+    T: float = eqx.field(default=1.0, static=True, converter=_as_static)
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
-        beta_min = check_scalar(beta_min, "beta_min", positive=True)
-        beta_max = check_scalar(beta_max, "beta_max", positive=True)
-        if beta_min > beta_max:
-            raise ValueError(f"`beta_min` ({beta_min}) must not exceed `beta_max` ({beta_max}).")
-        self.T = check_scalar(T, "T", positive=True)
-        self.beta_min = jnp.asarray(beta_min)
-        self.beta_max = jnp.asarray(beta_max)
+    def __check_init__(self):
+        _check_range("beta_min", self.beta_min, "beta_max", self.beta_max, strict=False)
+        check_scalar(self.T, "T", positive=True)
 
     @property
     def prior_std(self) -> float:
@@ -261,20 +289,13 @@ class VESDE(AbstractProcess):
     `alpha = 1` and `sigma(t) = sqrt(sigma_VE(t)^2 - sigma_min^2)` exactly; prior `N(0, sigma_max^2 I)`.
     """
 
-    sigma_min: Array
-    sigma_max: Array
-    T: float = eqx.field(static=True)
+    sigma_min: Array = eqx.field(default=0.01, converter=_as_leaf)
+    sigma_max: Array = eqx.field(default=50.0, converter=_as_leaf)
+    T: float = eqx.field(default=1.0, static=True, converter=_as_static)
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
-        sigma_min = check_scalar(sigma_min, "sigma_min", positive=True)
-        sigma_max = check_scalar(sigma_max, "sigma_max", positive=True)
-        if sigma_min >= sigma_max:
-            raise ValueError(
-                f"`sigma_min` ({sigma_min}) must be smaller than `sigma_max` ({sigma_max})."
-            )
-        self.T = check_scalar(T, "T", positive=True)
-        self.sigma_min = jnp.asarray(sigma_min)
-        self.sigma_max = jnp.asarray(sigma_max)
+    def __check_init__(self):
+        _check_range("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
+        check_scalar(self.T, "T", positive=True)
 
     @property
     def prior_std(self):
@@ -312,16 +333,11 @@ class EDM(AbstractProcess):
     `f = 0`, `g(t) = sqrt(2 t)`; prior `N(0, sigma_max^2 I)`; sampling ends at `sigma_min`.
     """
 
-    sigma_min: float = eqx.field(static=True)
-    sigma_max: float = eqx.field(static=True)
+    sigma_min: float = eqx.field(default=0.002, static=True, converter=_as_static)
+    sigma_max: float = eqx.field(default=80.0, static=True, converter=_as_static)
 
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        self.sigma_min = check_scalar(sigma_min, "sigma_min", positive=True)
-        self.sigma_max = check_scalar(sigma_max, "sigma_max", positive=True)
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(
-                f"`sigma_min` ({sigma_min}) must be smaller than `sigma_max` ({sigma_max})."
-            )
+    def __check_init__(self):
+        _check_range("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
 
     @property
     def T(self) -> float:
@@ -355,9 +371,6 @@ class _AbstractInterpolant(AbstractProcess):
     The prior `N(0, I)` is exact at `t = 1`, where `lambda = -inf`; samplers start at
     `t_max = 1 - 1e-4` (`alpha(t_max) ~ 1e-4`, a prior error far below any sampler's).
     """
-
-    def __init__(self):
-        pass
 
     @property
     def T(self) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import check_positive_int, concrete
+from diffjax._typing import Values
 from diffjax.processes import AbstractMarginal
 
 __all__ = ["DiscreteSchedule", "constant", "cosine", "from_betas", "linear"]
@@ -42,27 +43,30 @@ class DiscreteSchedule(AbstractMarginal):
     posterior_mean_coef_x0: Array
     posterior_mean_coef_xt: Array
 
-    def __init__(self, betas: ArrayLike):
+    def __init__(self, betas: Values):
         betas_np = np.asarray(betas, dtype=np.float64)
         if betas_np.ndim != 1 or betas_np.size == 0:
             raise ValueError(f"`betas` must be a non-empty 1-D array, got shape {betas_np.shape}.")
-        if not np.all(np.isfinite(betas_np)) or np.any(betas_np <= 0) or np.any(betas_np >= 1):
-            raise ValueError(
-                f"`betas` must lie in (0, 1); got min {betas_np.min()}, max {betas_np.max()}."
+        # Precompute in float64 on the host, store in the default float dtype (bad `betas`
+        # make NaNs here, refused by `__check_init__`).
+        with np.errstate(invalid="ignore", divide="ignore"):
+            alpha_bars = np.concatenate([[1.0], np.cumprod(1.0 - betas_np)])
+            beta_t = np.concatenate([[0.0], betas_np])
+            ab_prev = np.concatenate([[1.0], alpha_bars[:-1]])
+            one_minus_ab = np.where(np.arange(alpha_bars.size) == 0, 1.0, 1.0 - alpha_bars)
+            dtype = jnp.result_type(float)
+            self.betas = jnp.asarray(betas_np, dtype)
+            self.alpha_bars = jnp.asarray(alpha_bars, dtype)
+            self.posterior_variance = jnp.asarray((1.0 - ab_prev) / one_minus_ab * beta_t, dtype)
+            self.posterior_mean_coef_x0 = jnp.asarray(np.sqrt(ab_prev) * beta_t / one_minus_ab, dtype)
+            self.posterior_mean_coef_xt = jnp.asarray(
+                np.sqrt(1.0 - beta_t) * (1.0 - ab_prev) / one_minus_ab, dtype
             )
-        # Precompute in float64 on the host, store in the default float dtype.
-        alpha_bars = np.concatenate([[1.0], np.cumprod(1.0 - betas_np)])
-        beta_t = np.concatenate([[0.0], betas_np])
-        ab_prev = np.concatenate([[1.0], alpha_bars[:-1]])
-        one_minus_ab = np.where(np.arange(alpha_bars.size) == 0, 1.0, 1.0 - alpha_bars)
-        dtype = jnp.result_type(float)
-        self.betas = jnp.asarray(betas_np, dtype)
-        self.alpha_bars = jnp.asarray(alpha_bars, dtype)
-        self.posterior_variance = jnp.asarray((1.0 - ab_prev) / one_minus_ab * beta_t, dtype)
-        self.posterior_mean_coef_x0 = jnp.asarray(np.sqrt(ab_prev) * beta_t / one_minus_ab, dtype)
-        self.posterior_mean_coef_xt = jnp.asarray(
-            np.sqrt(1.0 - beta_t) * (1.0 - ab_prev) / one_minus_ab, dtype
-        )
+
+    def __check_init__(self):
+        b = np.asarray(self.betas)
+        if not np.all(np.isfinite(b)) or np.any(b <= 0) or np.any(b >= 1):
+            raise ValueError(f"`betas` must lie in (0, 1); got min {b.min()}, max {b.max()}.")
 
     @property
     def num_steps(self) -> int:
@@ -104,7 +108,7 @@ class DiscreteSchedule(AbstractMarginal):
         return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
 
 
-def from_betas(betas: ArrayLike) -> DiscreteSchedule:
+def from_betas(betas: Values) -> DiscreteSchedule:
     """A schedule from given `betas[t-1] = beta_t`, each in `(0, 1)`."""
     return DiscreteSchedule(betas)
 

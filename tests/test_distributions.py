@@ -163,7 +163,7 @@ def test_vmap_over_times(eight_gaussians):
                 jax.random.key(0), 0
             ),
             ValueError,
-            "`n`",
+            r"[`']n[`']",
         ),
         (
             lambda: dj.GaussianMixture(jnp.ones(1), jnp.zeros((1, 2)), jnp.ones(1)).sample(1, 3),

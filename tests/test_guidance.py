@@ -562,7 +562,7 @@ def test_bad_input(two):
     with pytest.raises(ValueError, match="num_classes"):
         samplers.reverse_sde(key, bad_clf, shape)
     # Label dropout.
-    with pytest.raises(ValueError, match="`p`"):
+    with pytest.raises(ValueError, match=r"[`']p[`']"):
         guidance.drop_labels(key, jnp.zeros(4, int), 1.5, 2)
     with pytest.raises(TypeError, match="integer"):
         guidance.drop_labels(key, jnp.zeros(4), 0.1, 2)

@@ -142,7 +142,7 @@ def test_params_time_map_and_extra_arguments_under_jit_and_vmap():
         (
             lambda: dj.q_sample(schedules.linear(10), jnp.ones((2, 2)), 0.5, jnp.ones((2, 2))),
             TypeError,
-            "`t`",
+            r"[`']t[`']",
         ),
     ],
 )

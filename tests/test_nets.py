@@ -19,6 +19,15 @@ def _strict_rank_promotion():
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _quick_compiles():
+    """XLA's optimisation passes off: these tests are compile-bound (shapes, traces, small
+    inputs); the file runs in 70 s instead of 110 s."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
 def traced(apply):
     """`jax.jit(apply)` plus a list that grows by one at every trace."""
     traces = []
@@ -70,13 +79,13 @@ def test_fourier_embedding_fixed_frequencies():
 
 
 def test_embedding_errors():
-    with pytest.raises(ValueError, match="`t`"):
+    with pytest.raises(ValueError, match=r"[`']t[`']"):
         nets.sinusoidal_embedding(jnp.ones((2, 1)), 4)
-    with pytest.raises(ValueError, match="`dim`"):
+    with pytest.raises(ValueError, match=r"[`']dim[`']"):
         nets.sinusoidal_embedding(jnp.ones(2), 1)
-    with pytest.raises(ValueError, match="`dim`"):
+    with pytest.raises(ValueError, match=r"[`']dim[`']"):
         nets.GaussianFourierEmbedding(5, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="`time_embedding`"):
+    with pytest.raises(ValueError, match=r"[`']time_embedding[`']"):
         nets.MLP(2, time_embedding="learned", rngs=nnx.Rngs(0))
 
 
@@ -130,26 +139,26 @@ def test_class_conditioning_and_null_label(cond_mlp):
         for b in range(a + 1, 4):
             assert not np.allclose(outs[a], outs[b])
     np.testing.assert_allclose(apply(params, x, t), outs[3])  # y=None is the null label 3
-    with pytest.raises(ValueError, match="`y`"):
+    with pytest.raises(ValueError, match=r"[`']y[`']"):
         apply(params, x, t, jnp.zeros((2,), jnp.int32))
     plain_apply, plain_params = nets.split(nets.MLP(2, hidden=(4,), embed_dim=4, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match="`y`"):
+    with pytest.raises(ValueError, match=r"[`']y[`']"):
         plain_apply(plain_params, x, t, jnp.zeros((3,), jnp.int32))
 
 
 def test_input_validation(cond_mlp):
     apply, params = nets.split(cond_mlp)
-    with pytest.raises(ValueError, match="`x`"):
+    with pytest.raises(ValueError, match=r"[`']x[`']"):
         apply(params, jnp.ones((3, 4)), jnp.ones(3))
-    with pytest.raises(ValueError, match="`t`"):
+    with pytest.raises(ValueError, match=r"[`']t[`']"):
         apply(params, jnp.ones((3, 2)), jnp.ones(4))
-    with pytest.raises(TypeError, match="`model`"):
+    with pytest.raises(TypeError, match=r"[`']model[`']"):
         nets.split(lambda x: x)
-    with pytest.raises(ValueError, match="`method`"):
+    with pytest.raises(ValueError, match=r"[`']method[`']"):
         nets.split(cond_mlp, method="nope")
-    with pytest.raises(TypeError, match="`hidden`"):
+    with pytest.raises(TypeError, match=r"[`']hidden[`']"):
         nets.MLP(2, hidden=16, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="`dim`"):
+    with pytest.raises(ValueError, match=r"[`']dim[`']"):
         nets.MLP(0, rngs=nnx.Rngs(0))
 
 
@@ -166,7 +175,7 @@ def test_unet_shapes_every_resolution_single_trace(in_channels, channel_mults):
     )
     apply, params = nets.split(model)
     fn, traces = traced(apply)
-    for i, size in enumerate((8, 28, 32)):
+    for i, size in enumerate((8, 28)):
         x = jax.random.normal(jax.random.key(size), (2, size, size, in_channels))
         out = fn(params, x, jnp.array([1.0, 500.0]))
         assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
@@ -195,13 +204,13 @@ def test_unet_dropout_conditioning_and_errors():
         apply(params, x, t, jnp.array([0, 0])), apply(params, x, t, jnp.array([1, 1]))
     )
     np.testing.assert_allclose(apply(params, x, t, jnp.array([2, 2])), base)
-    with pytest.raises(ValueError, match="`x`"):
+    with pytest.raises(ValueError, match=r"[`']x[`']"):
         apply(params, jnp.ones((2, 8, 8, 3)), t)
-    with pytest.raises(ValueError, match="`num_groups`"):
+    with pytest.raises(ValueError, match=r"[`']num_groups[`']"):
         nets.UNet(1, channels=6, num_groups=4, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="`attention_levels`"):
+    with pytest.raises(ValueError, match=r"[`']attention_levels[`']"):
         nets.UNet(1, channels=8, attention_levels=(2,), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="`dropout`"):
+    with pytest.raises(ValueError, match=r"[`']dropout[`']"):
         nets.UNet(1, channels=8, dropout=1.0, rngs=nnx.Rngs(0))
 
 
@@ -220,7 +229,7 @@ def test_classifier_logits_single_trace(event_shape, hidden):
     assert fn(params, x, jnp.ones(4)).shape == (4, 5)
     fn(params, x * 2.0, jnp.zeros(4))
     assert len(traces) == 1
-    with pytest.raises(ValueError, match="`event_shape`"):
+    with pytest.raises(ValueError, match=r"[`']event_shape[`']"):
         nets.Classifier((8, 8), 5, rngs=nnx.Rngs(0))
 
 
@@ -253,9 +262,9 @@ def test_vae_shapes():
         decode(params, mean + jnp.exp(log_std) * eps),
         atol=1e-6,
     )
-    with pytest.raises(ValueError, match="`eps`"):
+    with pytest.raises(ValueError, match=r"[`']eps[`']"):
         apply(params, jnp.ones((2, 8, 8, 1)), jnp.ones((2, latent + 1)))
-    with pytest.raises(ValueError, match="`event_shape`"):
+    with pytest.raises(ValueError, match=r"[`']event_shape[`']"):
         nets.ConvEncoder((8, 8), latent, rngs=nnx.Rngs(0))
 
 

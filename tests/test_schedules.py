@@ -160,12 +160,12 @@ def test_posterior_jit_and_vmap():
         (lambda: schedules.linear(10, -1e-4, 0.02), ValueError, "beta_start"),
         (lambda: schedules.linear(10, 0.02, 1e-4), ValueError, "beta_start"),
         (lambda: schedules.linear(10, 1e-4, 1.5), ValueError, "beta_end"),
-        (lambda: schedules.cosine(10, s=-0.1), ValueError, "`s`"),
+        (lambda: schedules.cosine(10, s=-0.1), ValueError, r"[`']s[`']"),
         (lambda: schedules.from_betas([0.1, 0.0]), ValueError, "betas"),
         (lambda: schedules.from_betas([[0.1]]), ValueError, "betas"),
-        (lambda: schedules.linear(10).alpha_bar(11), ValueError, "`t`"),
-        (lambda: schedules.linear(10).alpha_bar(-1), ValueError, "`t`"),
-        (lambda: schedules.linear(10).alpha_bar(0.5), TypeError, "`t`"),
+        (lambda: schedules.linear(10).alpha_bar(11), ValueError, r"[`']t[`']"),
+        (lambda: schedules.linear(10).alpha_bar(-1), ValueError, r"[`']t[`']"),
+        (lambda: schedules.linear(10).alpha_bar(0.5), TypeError, r"[`']t[`']"),
         (
             lambda: dj.q_posterior(schedules.linear(10), jnp.ones((2, 3)), jnp.ones((2, 3)), 0),
             ValueError,
@@ -181,7 +181,7 @@ def test_posterior_jit_and_vmap():
                 schedules.linear(10), jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.array([1, 2, 3])
             ),
             ValueError,
-            "`t`",
+            r"[`']t[`']",
         ),
         (
             lambda: dj.q_posterior(dj.VPSDE(), jnp.ones((2, 3)), jnp.ones((2, 3)), 1),

@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import diffrax as dfx
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from diffjax._checks import check_choice, check_key, check_shape, is_concrete
+from diffjax._checks import check_choice, check_key, check_knob, check_shape, is_concrete
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
 
@@ -91,63 +90,6 @@ def check_model(model, shape: tuple[int, ...], *, continuous: bool, process=None
 
 def check_common(key, shape) -> tuple[Array, tuple[int, ...]]:
     return check_key(key), check_shape(shape)
-
-
-def check_num_steps(num_steps, name: str = "num_steps") -> int:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be an int (it fixes the program's shape), got {type(num_steps).__name__}."
-        )
-    if num_steps <= 0:
-        raise ValueError(f"`{name}` must be positive, got {num_steps}.")
-    return int(num_steps)
-
-
-def check_knob(value, name: str, lo: float | None = None, hi: float | None = None) -> Array:
-    """A real scalar knob (Python number or a possibly traced 0-d array) as a float array.
-
-    Checked now when concrete; under `jit` the range is checked by `eqx.error_if` at run time.
-    """
-    if isinstance(value, bool) or not isinstance(
-        value, (int, float, np.number, np.ndarray, jax.Array)
-    ):
-        raise TypeError(f"`{name}` must be a real scalar, got {type(value).__name__}.")
-    with jax.ensure_compile_time_eval():  # a Python number stays concrete inside an outer jit
-        arr = jnp.asarray(value)
-    if arr.ndim != 0 or not (
-        jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
-    ):
-        raise TypeError(f"`{name}` must be a real scalar, got {arr.dtype}{list(arr.shape)}.")
-    with jax.ensure_compile_time_eval():
-        arr = arr.astype(jnp.result_type(float))
-    bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-    if is_concrete(arr):
-        v = float(arr)
-        if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ValueError(f"`{name}` must be finite and {bounds}, got {v}.")
-        return arr
-    bad = ~jnp.isfinite(arr)
-    if lo is not None:
-        bad = bad | (arr < lo)
-    if hi is not None:
-        bad = bad | (arr > hi)
-    return eqx.error_if(arr, bad, f"`{name}` must be finite and {bounds}.")
-
-
-def check_times(process: AbstractProcess, t_eps, t_max) -> tuple[Array, Array]:
-    """`t_eps < t_max` in `(0, T]`; defaults from the process (`process.t_eps`, `process.t_max`)."""
-    t_eps = check_knob(process.t_eps if t_eps is None else t_eps, "t_eps", 0.0, process.T)
-    t_max = check_knob(process.t_max if t_max is None else t_max, "t_max", 0.0, process.T)
-    if is_concrete(t_eps) and is_concrete(t_max):
-        if not 0.0 < float(t_eps) < float(t_max):
-            raise ValueError(
-                f"`t_eps` must lie in (0, t_max) = (0, {float(t_max)}), got {float(t_eps)}."
-            )
-    else:
-        t_eps = eqx.error_if(
-            t_eps, (t_eps <= 0) | (t_eps >= t_max), "`t_eps` must lie in (0, t_max)."
-        )
-    return t_eps, t_max
 
 
 def check_save_times(save_times, lo, hi, *, integer: bool = False):

@@ -13,10 +13,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike
+from jaxtyping import Array
 
-from diffjax._checks import check_choice
+from diffjax._checks import check_choice, check_knob, check_positive_int, check_times
+from diffjax._typing import Batch, Key, Scalar, Shape, Values
 from diffjax.model import Model
+from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
 
 __all__ = ["ddim", "ddpm"]
@@ -25,14 +27,14 @@ DISCRETE_GRIDS = ("uniform", "quadratic", "trailing")
 
 
 def ddpm(
-    key,
+    key: Key,
     model: Model,
-    shape,
+    shape: Shape,
     *,
     variance: str = "beta_tilde",
-    save_times: ArrayLike | None = None,
+    save_times: Values | None = None,
     projection: Callable | None = None,
-):
+) -> tuple[Batch, drv.SamplerInfo]:
     """DDPM ancestral sampling (Ho et al. 2020, arXiv:2006.11239; notes, topic 2, generation).
 
     `x_T ~ N(0, I)`; for `t = T..1`: `x_{t-1} = mu(x0_hat, x_t) + sigma_t z` with the posterior
@@ -118,20 +120,20 @@ def ddim_update(x0, eps, z, a_s, s_s, lam_t, lam_s, eta) -> Array:
 
 
 def ddim(
-    key,
+    key: Key,
     model: Model,
-    shape,
+    shape: Shape,
     *,
     num_steps: int = 50,
-    eta: float = 0.0,
+    eta: Scalar = 0.0,
     grid: str | None = None,
-    rho: float = 7.0,
-    t_eps: float | None = None,
-    t_max: float | None = None,
-    process=None,
-    save_times: ArrayLike | None = None,
+    rho: Scalar = 7.0,
+    t_eps: Scalar | None = None,
+    t_max: Scalar | None = None,
+    process: AbstractProcess | None = None,
+    save_times: Values | None = None,
     projection: Callable | None = None,
-):
+) -> tuple[Batch, drv.SamplerInfo]:
     """DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12) on a sub-sequence of noise levels.
 
     From `t` to the next `s`: `x0, eps = model.x0_eps(x_t, t)`, then `ddim_update`. On a
@@ -157,14 +159,14 @@ def ddim(
         `(x0 [B, *event], info)`, `info.nfe = num_steps` (`+ 1` on a continuous process).
     """
     key, shape = drv.check_common(key, shape)
-    num_steps = drv.check_num_steps(num_steps)
-    eta = drv.check_knob(eta, "eta", 0.0, 1.0)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    eta = check_knob(eta, "eta", 0.0, 1.0)
     continuous = isinstance(model, Model) and (model.is_continuous or process is not None)
     model = drv.check_model(model, shape, continuous=continuous, process=process)
     if continuous:
         grid = "logsnr" if grid is None else grid
         rho = drv.check_grid(grid, rho)
-        t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
+        t_eps, t_max = check_times(model.process, t_eps, t_max)
         save_times = drv.check_save_times(save_times, t_eps, t_max)
         t_dtype = t_eps.dtype
         ts = drv.time_grid(model.process, num_steps, grid, t_eps, t_max, rho)

@@ -15,30 +15,31 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike
 
-from diffjax._checks import check_choice
+from diffjax._checks import check_choice, check_positive_int, check_times
+from diffjax._typing import Batch, Key, Scalar, Shape, Values
 from diffjax.model import Model
+from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
 
 __all__ = ["dpm_solver"]
 
 
 def dpm_solver(
-    key,
+    key: Key,
     model: Model,
-    shape,
+    shape: Shape,
     *,
     num_steps: int = 20,
     order: int = 2,
     grid: str = "logsnr",
-    rho: float = 7.0,
-    t_eps: float | None = None,
-    t_max: float | None = None,
+    rho: Scalar = 7.0,
+    t_eps: Scalar | None = None,
+    t_max: Scalar | None = None,
     lower_order_final: bool = True,
-    process=None,
-    save_times: ArrayLike | None = None,
-):
+    process: AbstractProcess | None = None,
+    save_times: Values | None = None,
+) -> tuple[Batch, drv.SamplerInfo]:
     """DPM-Solver++ multistep in data-prediction form (Lu et al. 2022, arXiv:2211.01095, Alg. 2).
 
     With `h_i = lambda_i - lambda_{i-1}`, `x0_i = model.x0(x_i, t_i)` and `phi_1 = expm1(-h)`,
@@ -62,13 +63,13 @@ def dpm_solver(
         `(x0 [B, *event], info)`, `info.nfe = num_steps + 1`.
     """
     key, shape = drv.check_common(key, shape)
-    num_steps = drv.check_num_steps(num_steps)
+    num_steps = check_positive_int(num_steps, "num_steps")
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)):
         raise TypeError(f"`order` must be an int in (1, 2, 3), got {type(order).__name__}.")
     check_choice(int(order), "order", (1, 2, 3))
     rho = drv.check_grid(grid, rho)
     model = drv.check_model(model, shape, continuous=True, process=process)
-    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
+    t_eps, t_max = check_times(model.process, t_eps, t_max)
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     i = np.arange(1, num_steps + 1)
     orders = np.minimum(order, i)

@@ -11,8 +11,10 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
-from diffjax._checks import check_shape
+from diffjax._checks import check_positive_int, check_shape, check_times
+from diffjax._typing import Batch, Key, Scalar, Shape, Values
 from diffjax.model import Model
+from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
 from diffjax.samplers.sde import _host_grid, _reraise_solver_error
 
@@ -34,11 +36,11 @@ def _options(
 ):
     """Check the shared ODE options; returns `(model, solver, controller, t_eps, t_max, max_steps, fixed)`."""
     model = drv.check_model(model, shape, continuous=True, process=process)
-    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
-    max_steps = drv.check_num_steps(max_steps, "max_steps")
+    t_eps, t_max = check_times(model.process, t_eps, t_max)
+    max_steps = check_positive_int(max_steps, "max_steps")
     rho = drv.check_grid(grid, rho)
     if num_steps is not None:
-        num_steps = drv.check_num_steps(num_steps)
+        num_steps = check_positive_int(num_steps, "num_steps")
         if stepsize_controller is not None:
             raise ValueError("pass either `num_steps` (fixed steps) or `stepsize_controller`.")
         solver = drv.check_solver(solver, dfx.Heun())
@@ -82,21 +84,21 @@ def _pf_ode(model, x, t0, t1, solver, controller, ts, max_steps, save):
 
 
 def probability_flow(
-    key,
+    key: Key,
     model: Model,
-    shape,
+    shape: Shape,
     *,
     solver: dfx.AbstractSolver | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
     num_steps: int | None = None,
     grid: str = "logsnr",
-    rho: float = 7.0,
-    t_eps: float | None = None,
-    t_max: float | None = None,
+    rho: Scalar = 7.0,
+    t_eps: Scalar | None = None,
+    t_max: Scalar | None = None,
     max_steps: int = 4096,
-    process=None,
-    save_times: ArrayLike | None = None,
-):
+    process: AbstractProcess | None = None,
+    save_times: Values | None = None,
+) -> tuple[Batch, drv.SamplerInfo]:
     """Probability-flow ODE sampler: `x_T ~ p_T`, then `dx/dt = model.velocity(x, t)` to `t_eps`.
 
     Integrated by `diffrax.diffeqsolve`: adaptive by default (`Tsit5()` with
@@ -186,11 +188,11 @@ def encode(
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
     num_steps: int | None = None,
     grid: str = "logsnr",
-    rho: float = 7.0,
-    t_eps: float | None = None,
-    t_max: float | None = None,
+    rho: Scalar = 7.0,
+    t_eps: Scalar | None = None,
+    t_max: Scalar | None = None,
     max_steps: int = 4096,
-    process=None,
+    process: AbstractProcess | None = None,
 ):
     """Map data to latents along the PF-ODE, from `t_eps` up to `t_max` (no noise, invertible).
 
@@ -222,11 +224,11 @@ def decode(
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
     num_steps: int | None = None,
     grid: str = "logsnr",
-    rho: float = 7.0,
-    t_eps: float | None = None,
-    t_max: float | None = None,
+    rho: Scalar = 7.0,
+    t_eps: Scalar | None = None,
+    t_max: Scalar | None = None,
     max_steps: int = 4096,
-    process=None,
+    process: AbstractProcess | None = None,
 ):
     """Map latents at `t_max` to the PF-ODE state at `t_eps` (the inverse of `encode`; no denoising).
 

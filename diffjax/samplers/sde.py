@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from jaxtyping import ArrayLike
 
-from diffjax._checks import check_choice, is_concrete
+from diffjax._checks import check_choice, check_knob, check_positive_int, check_times, is_concrete
+from diffjax._typing import Batch, Key, Scalar, Shape, Values
 from diffjax.langevin import NORMS, langevin_corrector
 from diffjax.model import Model
+from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
 
 __all__ = ["predictor_corrector", "reverse_sde"]
@@ -33,7 +34,7 @@ def _levy_area(solver):
     raise TypeError(f"`solver` needs an unsupported Brownian path: {minimal.__name__}.")
 
 
-def _host_grid(process, num_steps, grid, t_eps, t_max, rho, save_times) -> np.ndarray:
+def _host_grid(process, num_steps, grid, t_eps, t_max, rho, save_times):
     """The decreasing time grid with the save times merged in (so the solver lands on them).
 
     Computed now when `t_eps` and `t_max` are concrete, also inside an outer `jit`: the Brownian
@@ -55,22 +56,22 @@ def _host_grid(process, num_steps, grid, t_eps, t_max, rho, save_times) -> np.nd
 
 
 def reverse_sde(
-    key,
+    key: Key,
     model: Model,
-    shape,
+    shape: Shape,
     *,
     num_steps: int = 1000,
     grid: str = "logsnr",
-    rho: float = 7.0,
+    rho: Scalar = 7.0,
     solver: dfx.AbstractSolver | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    t_eps: float | None = None,
-    t_max: float | None = None,
+    t_eps: Scalar | None = None,
+    t_max: Scalar | None = None,
     max_steps: int = 16384,
-    process=None,
-    save_times: ArrayLike | None = None,
+    process: AbstractProcess | None = None,
+    save_times: Values | None = None,
     projection: Callable | None = None,
-):
+) -> tuple[Batch, drv.SamplerInfo]:
     """The reverse-time SDE `dx = [f - g^2 s] dt + g dW` from `t_max` to `t_eps`, then denoising.
 
     Song et al. 2021 (arXiv:2011.13456, eq. 6). `diffrax.diffeqsolve` integrates it forward in
@@ -105,11 +106,11 @@ def reverse_sde(
         denoising), `info.num_steps`.
     """
     key, shape = drv.check_common(key, shape)
-    num_steps = drv.check_num_steps(num_steps)
-    max_steps = drv.check_num_steps(max_steps, "max_steps")
+    num_steps = check_positive_int(num_steps, "num_steps")
+    max_steps = check_positive_int(max_steps, "max_steps")
     rho = drv.check_grid(grid, rho)
     model = drv.check_model(model, shape, continuous=True, process=process)
-    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
+    t_eps, t_max = check_times(model.process, t_eps, t_max)
     controller = drv.check_controller(stepsize_controller, None) if stepsize_controller else None
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
     solver = drv.check_solver(solver, dfx.ShARK() if adaptive else dfx.Euler())
@@ -219,23 +220,23 @@ def _projected_sde(key, model, x, solver, terms, taus, t_max, projection, save):
 
 
 def predictor_corrector(
-    key,
+    key: Key,
     model: Model,
-    shape,
+    shape: Shape,
     *,
     num_steps: int = 500,
     corrector_steps: int = 1,
-    snr: float = 0.16,
+    snr: Scalar = 0.16,
     predictor: str = "reverse_diffusion",
     norm: str = "batch",
     grid: str = "logsnr",
-    rho: float = 7.0,
-    t_eps: float | None = None,
-    t_max: float | None = None,
-    process=None,
-    save_times: ArrayLike | None = None,
+    rho: Scalar = 7.0,
+    t_eps: Scalar | None = None,
+    t_max: Scalar | None = None,
+    process: AbstractProcess | None = None,
+    save_times: Values | None = None,
     projection: Callable | None = None,
-):
+) -> tuple[Batch, drv.SamplerInfo]:
     """Predictor-corrector sampling (Song et al. 2021, arXiv:2011.13456, Algorithm 1, PC).
 
     On the grid `t_max = t_0 > ... > t_N = t_eps`, each step is one predictor move followed by
@@ -255,17 +256,17 @@ def predictor_corrector(
         `(x0 [B, *event], info)`, `info.nfe = num_steps (1 + corrector_steps) + 1`.
     """
     key, shape = drv.check_common(key, shape)
-    num_steps = drv.check_num_steps(num_steps)
+    num_steps = check_positive_int(num_steps, "num_steps")
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, (int, np.integer)):
         raise TypeError(f"`corrector_steps` must be an int, got {type(corrector_steps).__name__}.")
     if corrector_steps < 0:
         raise ValueError(f"`corrector_steps` must be >= 0, got {corrector_steps}.")
-    snr = drv.check_knob(snr, "snr", 0.0)
+    snr = check_knob(snr, "snr", 0.0)
     check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
     check_choice(norm, "norm", NORMS)
     rho = drv.check_grid(grid, rho)
     model = drv.check_model(model, shape, continuous=True, process=process)
-    t_eps, t_max = drv.check_times(model.process, t_eps, t_max)
+    t_eps, t_max = check_times(model.process, t_eps, t_max)
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     drv.check_projection(projection, key, shape, t_eps.dtype)
     ts = drv.time_grid(model.process, num_steps, grid, t_eps, t_max, rho)
