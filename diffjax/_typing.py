@@ -13,3 +13,4 @@ Shape = Sequence[int | np.integer]  # [B, *event]
 Scalar = int | float | np.number | np.ndarray | Array  # a real scalar; may be a traced array
 Batch = Float[Array, "B *event"]  # a batch of states
 Values = ArrayLike | Sequence  # host-side values (save times, noise levels, betas): arrays or lists
+Int = int | np.integer  # a count (steps, orders): Python or NumPy integer

@@ -260,7 +260,7 @@ def test_batches_dict_pytree():
 )
 def test_batches_validation(kwargs, error, name):
     args = dict(key=KEY, data=np.zeros(10), batch_size=2) | kwargs
-    with pytest.raises(error, match=f"`{name}`"):
+    with pytest.raises(error, match=rf"[`']{name}[`']"):
         data.batches(args["key"], args["data"], args["batch_size"])
 
 

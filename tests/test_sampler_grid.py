@@ -229,7 +229,7 @@ BAD = [
     (lambda m: samplers.dpm_solver(_key(), m.eps_vp, (8, 2), grid="cubic"), ValueError, "grid"),
     (lambda m: samplers.dpm_solver(_key(), m.eps_vp, (8, 2), num_steps=20.0), TypeError, "num_steps"),
     # A plain function is not a model: its prediction kind would be a guess.
-    (lambda m: samplers.dpm_solver(_key(), lambda x, t: x, (8, 2)), TypeError, "dj.Model"),
+    (lambda m: samplers.dpm_solver(_key(), lambda x, t: x, (8, 2)), TypeError, "model"),
     (lambda m: samplers.dpm_solver(_key(), m.eps_vp, (8, 2), process="edm"), TypeError, "process"),
     (
         lambda m: samplers.dpm_solver(_key(), dj.Model(lambda x, t: x + 1j, m.vp, "eps"), (8, 2)),

@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array
 
 from diffjax._checks import check_choice, check_knob, check_positive_int, check_times
-from diffjax._typing import Batch, Key, Scalar, Shape, Values
+from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
@@ -124,7 +124,7 @@ def ddim(
     model: Model,
     shape: Shape,
     *,
-    num_steps: int = 50,
+    num_steps: Int = 50,
     eta: Scalar = 0.0,
     grid: str | None = None,
     rho: Scalar = 7.0,

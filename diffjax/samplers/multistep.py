@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._checks import check_choice, check_positive_int, check_times
-from diffjax._typing import Batch, Key, Scalar, Shape, Values
+from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
@@ -30,8 +30,8 @@ def dpm_solver(
     model: Model,
     shape: Shape,
     *,
-    num_steps: int = 20,
-    order: int = 2,
+    num_steps: Int = 20,
+    order: Int = 2,
     grid: str = "logsnr",
     rho: Scalar = 7.0,
     t_eps: Scalar | None = None,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
 from diffjax._checks import check_positive_int, check_shape, check_times
-from diffjax._typing import Batch, Key, Scalar, Shape, Values
+from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
@@ -90,12 +90,12 @@ def probability_flow(
     *,
     solver: dfx.AbstractSolver | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    num_steps: int | None = None,
+    num_steps: Int | None = None,
     grid: str = "logsnr",
     rho: Scalar = 7.0,
     t_eps: Scalar | None = None,
     t_max: Scalar | None = None,
-    max_steps: int = 4096,
+    max_steps: Int = 4096,
     process: AbstractProcess | None = None,
     save_times: Values | None = None,
 ) -> tuple[Batch, drv.SamplerInfo]:
@@ -186,12 +186,12 @@ def encode(
     *,
     solver: dfx.AbstractSolver | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    num_steps: int | None = None,
+    num_steps: Int | None = None,
     grid: str = "logsnr",
     rho: Scalar = 7.0,
     t_eps: Scalar | None = None,
     t_max: Scalar | None = None,
-    max_steps: int = 4096,
+    max_steps: Int = 4096,
     process: AbstractProcess | None = None,
 ):
     """Map data to latents along the PF-ODE, from `t_eps` up to `t_max` (no noise, invertible).
@@ -222,12 +222,12 @@ def decode(
     *,
     solver: dfx.AbstractSolver | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    num_steps: int | None = None,
+    num_steps: Int | None = None,
     grid: str = "logsnr",
     rho: Scalar = 7.0,
     t_eps: Scalar | None = None,
     t_max: Scalar | None = None,
-    max_steps: int = 4096,
+    max_steps: Int = 4096,
     process: AbstractProcess | None = None,
 ):
     """Map latents at `t_max` to the PF-ODE state at `t_eps` (the inverse of `encode`; no denoising).

@@ -16,7 +16,7 @@ import lineax as lx
 import numpy as np
 
 from diffjax._checks import check_choice, check_knob, check_positive_int, check_times, is_concrete
-from diffjax._typing import Batch, Key, Scalar, Shape, Values
+from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.langevin import NORMS, langevin_corrector
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
@@ -60,14 +60,14 @@ def reverse_sde(
     model: Model,
     shape: Shape,
     *,
-    num_steps: int = 1000,
+    num_steps: Int = 1000,
     grid: str = "logsnr",
     rho: Scalar = 7.0,
     solver: dfx.AbstractSolver | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
     t_eps: Scalar | None = None,
     t_max: Scalar | None = None,
-    max_steps: int = 16384,
+    max_steps: Int = 16384,
     process: AbstractProcess | None = None,
     save_times: Values | None = None,
     projection: Callable | None = None,
@@ -224,8 +224,8 @@ def predictor_corrector(
     model: Model,
     shape: Shape,
     *,
-    num_steps: int = 500,
-    corrector_steps: int = 1,
+    num_steps: Int = 500,
+    corrector_steps: Int = 1,
     snr: Scalar = 0.16,
     predictor: str = "reverse_diffusion",
     norm: str = "batch",
