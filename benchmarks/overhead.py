@@ -90,6 +90,11 @@ def sampler_cases(cfg: Config) -> dict:
             sde,
             lambda k, m: samplers.dpm_solver(k, m, shape, num_steps=n - 1, order=3),
         ),
+        f"heun ({half + 1} levels)": (
+            sde,
+            lambda k, m: samplers.heun(k, m, shape, num_steps=half + 1),
+        ),
+        f"euler ({n} levels)": (sde, lambda k, m: samplers.euler(k, m, shape, num_steps=n)),
     }
 
 
@@ -108,6 +113,8 @@ def process_cases(cfg: Config) -> dict:
         f"reverse_sde (Euler, {n - 1} steps)": lambda k, m: samplers.reverse_sde(k, m, shape, num_steps=n - 1),
         f"predictor_corrector ({half} steps)": lambda k, m: samplers.predictor_corrector(k, m, shape, num_steps=half),
         f"ode (Heun, {half} steps)": lambda k, m: samplers.ode(k, m, shape, num_steps=half),
+        f"heun ({half + 1} levels)": lambda k, m: samplers.heun(k, m, shape, num_steps=half + 1),
+        f"euler ({n} levels)": lambda k, m: samplers.euler(k, m, shape, num_steps=n),
     }  # fmt: skip
     return {
         f"{run_name} on {p_name}": (process, run)

@@ -24,8 +24,13 @@ from diffjax import (
 )
 from diffjax.distributions import GaussianMixture, exact_model, gaussian
 from diffjax.forward import q_posterior, q_sample
-from diffjax.guidance import classifier_free, classifier_guidance, inpainting_projection
-from diffjax.model import Model
+from diffjax.guidance import (
+    autoguidance,
+    classifier_free,
+    classifier_guidance,
+    inpainting_projection,
+)
+from diffjax.model import Model, edm_model
 from diffjax.processes import EDM, VESDE, VPSDE, AbstractProcess, Cosine, RectifiedFlow, SubVPSDE
 from diffjax.schedules import DiscreteSchedule
 
@@ -53,10 +58,12 @@ __all__ = [
     "Model",
     "RectifiedFlow",
     "SubVPSDE",
+    "autoguidance",
     "classifier_free",
     "classifier_guidance",
     "data",
     "distributions",
+    "edm_model",
     "exact_model",
     "fokker_planck",
     "forward",

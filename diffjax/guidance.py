@@ -20,21 +20,28 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_float_array, check_key, expand_to, is_concrete
+from diffjax._checks import (
+    as_float_array,
+    check_callable,
+    check_key,
+    check_knob,
+    expand_to,
+    is_concrete,
+)
 from diffjax._typing import Scalar
 from diffjax.model import Model
 from diffjax.processes import AbstractMarginal
 
-__all__ = ["classifier_free", "classifier_guidance", "drop_labels", "inpainting_projection"]
+__all__ = [
+    "autoguidance",
+    "classifier_free",
+    "classifier_guidance",
+    "drop_labels",
+    "inpainting_projection",
+]
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _check_callable(fn, name: str) -> Callable:
-    if not callable(fn):
-        raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
-    return fn
 
 
 def _check_model(model) -> Model:
@@ -76,20 +83,6 @@ def _check_int(value, name: str) -> int:
     if value < 0:
         raise ValueError(f"`{name}` must be non-negative, got {value}.")
     return int(value)
-
-
-def _check_scale(scale, name: str) -> Array:
-    """A finite real scalar `>= 0` (Python, NumPy or a 0-d array, possibly traced) as a float array."""
-    if isinstance(scale, bool) or not isinstance(
-        scale, (int, float, np.integer, np.floating, np.ndarray, jax.Array)
-    ):
-        raise TypeError(f"`{name}` must be a real scalar, got {type(scale).__name__}.")
-    arr = jnp.asarray(scale)
-    if arr.ndim != 0 or jnp.issubdtype(arr.dtype, jnp.complexfloating):
-        raise TypeError(f"`{name}` must be a real scalar, got {arr.dtype}{list(arr.shape)}.")
-    if is_concrete(arr) and not (np.isfinite(float(arr)) and float(arr) >= 0.0):
-        raise ValueError(f"`{name}` must be finite and non-negative, got {float(arr)}.")
-    return arr.astype(jnp.result_type(float))
 
 
 def _labels_for(y: Array, x: Array) -> Array:
@@ -181,9 +174,9 @@ def classifier_guidance(
     model = _check_model(model)
     guided = _ClassifierGuidance(
         model,
-        _check_callable(log_prob_fn, "log_prob_fn"),
+        check_callable(log_prob_fn, "log_prob_fn"),
         _check_labels(y),
-        _check_scale(scale, "scale"),
+        check_knob(scale, "scale", 0.0),
     )
     return Model(guided, model.process, "score")
 
@@ -196,6 +189,7 @@ class _ClassifierFree(eqx.Module):
     y: Array
     null_label: int = eqx.field(static=True)
     weight: Array
+    interval: tuple[Array, Array] | None
 
     def __call__(self, x, t):
         x = as_float_array(x, "x")
@@ -208,10 +202,37 @@ class _ClassifierFree(eqx.Module):
             jnp.concatenate([labels, jnp.full_like(labels, self.null_label)]),
         )
         cond, uncond = both[:b], both[b:]
-        return cond + self.weight * (cond - uncond)
+        return cond + _interval_weight(self.weight, self.interval, t, x) * (cond - uncond)
 
 
-def classifier_free(model: Model, y: ArrayLike, null_label: int, weight: Scalar = 1.0) -> Model:
+def _interval_weight(weight: Array, interval, t: Array, x: Array) -> Array:
+    """`weight` where `lo <= t <= hi` and 0 elsewhere, per example, broadcast to `x`."""
+    if interval is None:
+        return weight
+    lo, hi = interval
+    return expand_to(jnp.where((t >= lo) & (t <= hi), weight, 0.0), x)
+
+
+def _check_interval(interval) -> tuple[Array, Array] | None:
+    """`(t_lo, t_hi)` with `0 <= t_lo <= t_hi` (process times; may be traced) or None."""
+    if interval is None:
+        return None
+    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        raise TypeError(f"`interval` must be a pair (t_lo, t_hi) of times, got {interval!r}.")
+    lo, hi = (check_knob(v, "interval", 0.0) for v in interval)
+    if is_concrete(lo) and is_concrete(hi) and float(lo) > float(hi):
+        raise ValueError(f"`interval` must have t_lo <= t_hi, got {tuple(interval)}.")
+    return lo, hi
+
+
+def classifier_free(
+    model: Model,
+    y: ArrayLike,
+    null_label: int,
+    weight: Scalar = 1.0,
+    *,
+    interval: tuple[Scalar, Scalar] | None = None,
+) -> Model:
     r"""Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598, eq. 6).
 
     `eps~(x, t) = (1 + w) eps(x, t, y) - w eps(x, t, null)`: with `w = 0` the conditional model.
@@ -228,6 +249,9 @@ def classifier_free(model: Model, y: ArrayLike, null_label: int, weight: Scalar 
         y: integer labels, a scalar or `[B]`.
         null_label: the label meaning "no condition" (`num_classes` for `diffjax.nets`).
         weight: guidance weight `w >= 0` (may be traced).
+        interval: optional `(t_lo, t_hi)` in process time: guidance only there, the conditional
+            model elsewhere (Kynkäänniemi et al. 2024, arXiv:2404.07724: guiding only at
+            intermediate noise levels keeps the diversity that guidance at high noise removes).
 
     Returns:
         a `Model` of the same prediction kind on the same process, without label argument.
@@ -237,7 +261,53 @@ def classifier_free(model: Model, y: ArrayLike, null_label: int, weight: Scalar 
         model,
         _check_labels(y),
         _check_int(null_label, "null_label"),
-        _check_scale(weight, "weight"),
+        check_knob(weight, "weight", 0.0),
+        _check_interval(interval),
+    )
+    return Model(guided, model.process, model.prediction)
+
+
+class _Autoguidance(eqx.Module):
+    model: Model
+    weak: Model
+    weight: Array
+    interval: tuple[Array, Array] | None
+
+    def __call__(self, x, t, *args):
+        x = as_float_array(x, "x")
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        good = self.model(x, t, *args)
+        weak = self.weak.predict(self.model.prediction, x, t, *args)
+        return good + _interval_weight(self.weight, self.interval, t, x) * (good - weak)
+
+
+def autoguidance(
+    model: Model,
+    weak: Model,
+    weight: Scalar = 1.0,
+    *,
+    interval: tuple[Scalar, Scalar] | None = None,
+) -> Model:
+    r"""Autoguidance (Karras et al. 2024, arXiv:2406.02507, eq. 2): guide a model with a weaker one.
+
+    `D~ = D + w (D - D_weak)`, i.e. `D_1 w' + D_0 (1 - w')` with `w' = 1 + w` in the paper's
+    notation, where `D_weak` is a smaller or less trained version of the same model (same
+    conditioning). Every prediction kind is affine in `(x0, eps)` at fixed `(x_t, t)`, so the
+    combination is taken on `model`'s own kind (the weak model's output is converted to it, and
+    moved to `model`'s process by log-SNR matching if it is on another). Extra arguments
+    (labels) go to both. `w = 0` is `model`; `interval` as in `classifier_free`.
+
+    Returns:
+        a `Model` of `model`'s kind on `model`'s process.
+    """
+    model, weak = _check_model(model), _check_model(weak)
+    if not model.is_continuous and weak.process is not model.process:
+        if not eqx.tree_equal(weak.process, model.process):
+            raise ValueError("`weak` must be on the schedule of `model`.")
+    elif model.is_continuous:
+        weak = weak.on(model.process)
+    guided = _Autoguidance(
+        model, weak, check_knob(weight, "weight", 0.0), _check_interval(interval)
     )
     return Model(guided, model.process, model.prediction)
 

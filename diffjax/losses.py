@@ -32,6 +32,7 @@ from diffjax._checks import (
     check_callable,
     check_choice,
     check_key,
+    check_knob,
     check_positive_int,
     check_times,
     expand_to,
@@ -41,8 +42,8 @@ from diffjax._checks import (
 from diffjax._typing import Key, Scalar
 from diffjax.forward import q_posterior, q_sample
 from diffjax.guidance import drop_labels
-from diffjax.model import PREDICTIONS, Model, from_x0_eps, to_x0_eps
-from diffjax.processes import AbstractProcess
+from diffjax.model import PREDICTIONS, EDMDenoiser, Model, from_x0_eps, to_x0_eps
+from diffjax.processes import EDM, AbstractProcess, RectifiedFlow
 from diffjax.schedules import DiscreteSchedule
 
 __all__ = [
@@ -50,8 +51,11 @@ __all__ = [
     "VAEApply",
     "classifier",
     "ddpm",
+    "TIME_SAMPLINGS",
     "ddpm_vlb",
     "dsm",
+    "edm",
+    "flow_matching",
     "vae_elbo",
 ]
 
@@ -290,6 +294,139 @@ def dsm(
     return _regression_loss(
         params, apply_fn, x0, t, eps, coeffs, labels, prediction, weighting, eps_weight, reduce_mean
     )
+
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def _flow_times(key, batch: int, dtype, t_eps, T, sampling: str, mean, std) -> Array:
+    """`t` on `[t_eps, T]`: uniform, or `t_eps + (T - t_eps) sigmoid(mean + std n)` with
+    `n ~ N(0, 1)` (logit-normal; Esser et al. 2024, arXiv:2403.03206, eq. 19)."""
+    if sampling == "uniform":
+        return jax.random.uniform(key, (batch,), dtype, t_eps, T)
+    u = jax.nn.sigmoid(mean + std * jax.random.normal(key, (batch,), dtype))
+    return t_eps + (T - t_eps) * u
+
+
+def flow_matching(
+    params,
+    apply_fn: Callable,
+    key: Key,
+    x0: ArrayLike,
+    process: AbstractProcess | None = None,
+    *,
+    time_sampling: str = "uniform",
+    logit_mean: Scalar = 0.0,
+    logit_std: Scalar = 1.0,
+    t_eps: Scalar = 1e-5,
+    labels: ArrayLike | None = None,
+    label_dropout: Scalar = 0.0,
+    null_label: int | None = None,
+    reduce_mean: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+    r"""Conditional flow matching: `E_{t, x_0, eps} ||v(x_t, t) - (alpha'(t) x_0 + sigma'(t) eps)||^2`.
+
+    Lipman et al. 2023 (arXiv:2210.02747, eq. 9 with the Gaussian path of eq. 16); on the
+    default `RectifiedFlow` path the target is `eps - x_0` (Liu et al. 2023, arXiv:2209.03003).
+    The conditional velocity's expectation given `x_t` is the PF-ODE velocity, so the minimiser
+    is the exact `"velocity"` model of the data and the trained network is
+    `Model(apply_fn, process, "velocity", params=params)`, for every continuous sampler and
+    `log_prob`. Times are uniform on `[t_eps, T]` or logit-normal (`time_sampling`,
+    `logit_mean`, `logit_std`; Esser et al. 2024). Labels and label dropout as in `dsm`.
+
+    Returns:
+        `(loss, {"loss", "eps_mse"})`, the loss per dimension with `reduce_mean` (else summed
+        over the event).
+    """
+    process = RectifiedFlow() if process is None else process
+    if not isinstance(process, AbstractProcess):
+        raise TypeError(
+            f"`process` must be a continuous process (RectifiedFlow, ...), got {type(process).__name__}."
+        )
+    check_callable(apply_fn, "apply_fn")
+    key = check_key(key)
+    x0 = _check_data(x0)
+    check_choice(time_sampling, "time_sampling", TIME_SAMPLINGS)
+    logit_mean = check_knob(logit_mean, "logit_mean")
+    logit_std = check_knob(logit_std, "logit_std", 0.0, strict=True)
+    t_eps, _ = check_times(process, t_eps, process.T)
+    labels = _check_labels(labels, x0.shape[0])
+    key, labels = _dropout_labels(key, labels, label_dropout, null_label)
+    t_key, eps_key = jax.random.split(key)
+    t = _flow_times(
+        t_key, x0.shape[0], x0.dtype, t_eps, process.T, time_sampling, logit_mean, logit_std
+    )
+    eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
+    coeffs = process.marginal_derivatives(t)
+    return _regression_loss(
+        params, apply_fn, x0, t, eps, coeffs, labels, "velocity", "simple", None, reduce_mean
+    )
+
+
+def edm(
+    params,
+    net: Callable,
+    key: Key,
+    x0: ArrayLike,
+    process: AbstractProcess | None = None,
+    *,
+    sigma_data: Scalar = 0.5,
+    p_mean: Scalar = -1.2,
+    p_std: Scalar = 1.2,
+    labels: ArrayLike | None = None,
+    label_dropout: Scalar = 0.0,
+    null_label: int | None = None,
+    reduce_mean: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+    r"""The EDM loss (Karras et al. 2022, arXiv:2206.00364, eq. 8 and Table 1).
+
+    `E ||lambda(sigma)^(1/2) (D(x_0 + sigma n; sigma) - x_0)||^2` with `log sigma ~ N(p_mean,
+    p_std^2)`, `lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2` and `D` the preconditioned
+    denoiser of the raw network `net` (`model.EDMDenoiser`, `sd = sigma_data`), which makes the
+    effective target of `net` unit-variance at every noise level. On a process other than
+    `EDM` the noise level is the EDM one, `sigma = sigma(t) / alpha(t) = e^{-lambda}`, at the
+    log-SNR-matched time, so the same network serves every path. The minimiser is the exact
+    denoiser; sample with `edm_model(net, process, sigma_data=..., params=params)`.
+
+    Args:
+        params, net: `net(params, x_in, c_noise[, labels]) -> [B, *event]`.
+        key, x0: PRNG key and `[B, *event]` data. process: default `EDM()`.
+        labels, label_dropout, null_label: as in `dsm`.
+
+    Returns:
+        `(loss, {"loss", "eps_mse"})`.
+    """
+    process = EDM() if process is None else process
+    if not isinstance(process, AbstractProcess):
+        raise TypeError(f"`process` must be a continuous process, got {type(process).__name__}.")
+    check_callable(net, "net")
+    key = check_key(key)
+    x0 = _check_data(x0)
+    sd = check_knob(sigma_data, "sigma_data", 0.0, strict=True)
+    p_mean = check_knob(p_mean, "p_mean")
+    p_std = check_knob(p_std, "p_std", 0.0, strict=True)
+    labels = _check_labels(labels, x0.shape[0])
+    key, labels = _dropout_labels(key, labels, label_dropout, null_label)
+    s_key, eps_key = jax.random.split(key)
+    batch = x0.shape[0]
+    log_sigma = p_mean + p_std * jax.random.normal(s_key, (batch,), x0.dtype)
+    t = process.t_from_log_snr(-log_sigma)
+    a, s = (expand_to(c, x0) for c in process.marginal(t))
+    eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
+    x_t = a * x0 + s * eps
+    denoiser = EDMDenoiser(net, process, sd.astype(x0.dtype), True)
+    d = denoiser(params, x_t, t) if labels is None else denoiser(params, x_t, t, labels)
+    if not hasattr(d, "shape") or d.shape != x0.shape:
+        raise ValueError(f"`net` must return an array of the shape of x {x0.shape}.")
+    sigma = jnp.exp(log_sigma)
+    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    per_example = weight * sum_event((d - x0) ** 2)
+    eps_hat = (x_t - a * d) / s
+    eps_sq = jnp.mean((eps_hat - eps).reshape(batch, -1) ** 2, axis=1)
+    if reduce_mean:
+        per_example = per_example / math.prod(x0.shape[1:])
+    loss = jnp.mean(per_example)
+    return loss, {"loss": loss, "eps_mse": jnp.mean(eps_sq)}
 
 
 def ddpm(

@@ -34,11 +34,11 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_float_array, expand_to
+from diffjax._checks import as_float_array, expand_to, is_concrete
 from diffjax.processes import AbstractMarginal, AbstractProcess
 from diffjax.schedules import DiscreteSchedule
 
-__all__ = ["PREDICTIONS", "Model", "path_coefficients"]
+__all__ = ["PREDICTIONS", "EDMDenoiser", "Model", "edm_model", "path_coefficients"]
 
 PREDICTIONS = ("eps", "x0", "score", "v", "velocity")
 
@@ -207,3 +207,62 @@ class _Rescaled(eqx.Module):
         a_m, s_m = self.model.process.marginal(t_m)
         c = expand_to(jnp.sqrt((a_m**2 + s_m**2) / (a**2 + s**2)), x)
         return self.model.predict(self.kind, c * x, t_m, *args)
+
+
+class EDMDenoiser(eqx.Module):
+    r"""The preconditioned denoiser of Karras et al. 2022 (arXiv:2206.00364, Table 1), on any path.
+
+    In EDM variables `x^ = x / alpha`, `sigma_e = sigma / alpha = e^{-lambda}`:
+
+        D(x^; sigma_e) = c_skip x^ + c_out F(c_in x^, c_noise),
+        c_skip = sd^2 / (sigma_e^2 + sd^2),   c_out = sigma_e sd / sqrt(sigma_e^2 + sd^2),
+        c_in = 1 / sqrt(sigma_e^2 + sd^2),    c_noise = log(sigma_e) / 4,
+
+    with `sd = sigma_data`. Written in the process' own `(alpha, sigma)` so that it stays finite
+    where `alpha -> 0`: `c_in x^ = x / r`, `c_skip x^ = sd^2 alpha x / r^2`, `c_out = sigma sd / r`
+    with `r = sqrt(sigma^2 + alpha^2 sd^2)`. The output is `E[x_0 | x_t]` (an `"x0"` model).
+    `net(x_in, c_noise, *args)`, or `net(params, x_in, c_noise, *args)` when called with params.
+    """
+
+    net: Callable
+    process: AbstractProcess
+    sigma_data: Array
+    with_params: bool = eqx.field(static=True)
+
+    def coefficients(self, t: Array, x: Array) -> tuple[Array, Array, Array, Array]:
+        """`(c_in, c_skip, c_out, c_noise)` in process variables (see the class), broadcast to `x`."""
+        a, s = self.process.marginal(t)
+        sd = self.sigma_data
+        r = jnp.sqrt(s**2 + (a * sd) ** 2)
+        c_noise = 0.25 * (jnp.log(s) - jnp.log(a))
+        return tuple(expand_to(c, x) for c in (1.0 / r, sd**2 * a / r**2, s * sd / r)) + (c_noise,)
+
+    def __call__(self, *args) -> Array:
+        params, (x, t, *rest) = (args[0], args[1:]) if self.with_params else (None, args)
+        c_in, c_skip, c_out, c_noise = self.coefficients(t.astype(x.dtype), x)
+        net_args = (c_in * x, c_noise, *rest)
+        out = self.net(params, *net_args) if self.with_params else self.net(*net_args)
+        return c_skip * x + c_out * out
+
+
+def edm_model(
+    net: Callable,
+    process: AbstractProcess,
+    *,
+    sigma_data: ArrayLike = 0.5,
+    params: Any = None,
+) -> Model:
+    """The `"x0"` `Model` of a raw network `F` under EDM preconditioning (`EDMDenoiser`).
+
+    `net(x_in [B, *event], c_noise [B], *args)` (or `net(params, ...)` with `params`) is what
+    `losses.edm` trains; any sampler then takes the returned model, on any continuous process.
+    """
+    if not callable(net):
+        raise TypeError(f"`net` must be callable, got {type(net).__name__}.")
+    if not isinstance(process, AbstractProcess):
+        raise TypeError(f"`process` must be a continuous process, got {type(process).__name__}.")
+    sd = as_float_array(sigma_data, "sigma_data")
+    if sd.ndim != 0 or (is_concrete(sd) and not float(sd) > 0):
+        raise ValueError(f"`sigma_data` must be a positive scalar, got {sigma_data}.")
+    denoiser = EDMDenoiser(net, process, sd, params is not None)
+    return Model(denoiser, process, "x0", params=params)

@@ -309,6 +309,48 @@ def test_classifier_free_on_any_prediction_kind(two, rf, prediction):
     assert set(calls) == {(128, 2)}
 
 
+def test_guidance_interval(two, rf):
+    """A guidance interval covering every time is plain guidance; an empty one is the
+    conditional model; in between, each example is guided exactly when its time is inside
+    (Kynkäänniemi et al. 2024)."""
+    cond = _exact_conditional(two.gmm, rf.process, "velocity")
+    x, t, y = _batch(7, 64, *T_RANGE)
+    plain = guidance.classifier_free(cond, y, NULL, 2.0)
+    everywhere = guidance.classifier_free(cond, y, NULL, 2.0, interval=(0.0, 1.0))
+    nowhere = guidance.classifier_free(cond, y, NULL, 2.0, interval=(0.0, 0.0))
+    inside = guidance.classifier_free(cond, y, NULL, 2.0, interval=(0.3, 0.6))
+    np.testing.assert_array_equal(everywhere(x, t), plain(x, t))
+    np.testing.assert_allclose(nowhere(x, t), cond(x, t, y), rtol=1e-6, atol=1e-6)
+    mask = ((t >= 0.3) & (t <= 0.6))[:, None]
+    assert 0 < int(mask.sum()) < 64
+    np.testing.assert_allclose(inside(x, t), jnp.where(mask, plain(x, t), cond(x, t, y)), rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(plain(x, t) - cond(x, t, y)))) > 0.1  # guidance does something
+    with pytest.raises(ValueError, match="interval"):
+        guidance.classifier_free(cond, y, NULL, 2.0, interval=(0.6, 0.3))
+
+
+def test_autoguidance(two, rf):
+    """`D + w (D - D_weak)`: with the weak model equal to the model it is the model at every
+    weight; with an exact weak model of a wider mixture (stds x 2) at `w = 1` it is the
+    extrapolation `2 D - D_weak` in every view (x0, velocity), also when the weak model is of
+    another kind and on another process (converted, then combined); `w = 0` is the model."""
+    model = dj.exact_model(two.gmm, rf.process, "velocity")
+    wide = dj.GaussianMixture(two.gmm.weights, two.gmm.means, 2.0 * two.gmm.stds)
+    weak = dj.exact_model(wide, dj.VPSDE(), "eps")
+    x, t, _ = _batch(9, 64, *T_RANGE)
+    same = guidance.autoguidance(model, model, 3.0)
+    np.testing.assert_allclose(same(x, t), model(x, t), rtol=1e-5, atol=1e-5)
+    guided = guidance.autoguidance(model, weak, 1.0)
+    assert guided.prediction == "velocity"
+    weak_rf = dj.exact_model(wide, rf.process, "x0")
+    for view in ("x0", "velocity"):
+        expected = 2 * model.predict(view, x, t) - weak_rf.predict(view, x, t)
+        np.testing.assert_allclose(guided.predict(view, x, t), expected, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        guidance.autoguidance(model, weak, 0.0)(x, t), model(x, t), rtol=1e-6, atol=1e-6
+    )
+
+
 def test_guided_flow_matching_model_samples_the_class_conditional(two, rf):
     """End to end on the rectified-flow path: DPM-Solver on the classifier-free guided exact
     velocity model with `w = 0` (the conditional model itself) samples `p_0(x | y)`."""

@@ -111,32 +111,70 @@ def test_dsm_exact_score_is_the_optimum(eight_gaussians, data, prediction, weigh
         assert np.all(np.isfinite(g)) and np.any(np.asarray(g) != 0)
 
 
-FM_KEYS = 32  # keys of the flow-matching check, each a batch of 1024 points
+FM_KEYS = 32  # keys of the flow-matching / EDM checks, each a batch of 1024 points
 
 
-def test_flow_matching_exact_velocity_is_the_optimum(eight_gaussians):
-    """`dsm(prediction="velocity")` on the rectified-flow path is conditional flow matching
-    (target `eps - x_0`); the exact velocity `E[eps - x_0 | x_t]` of the mixture minimises it.
+def _exact_edm_net(gmm, process, sigma_data):
+    """The raw network `F` whose EDM-preconditioned denoiser is the exact `E[x_0 | x_t]`:
+    `F = (D - c_skip x^) / c_out` at the noise level `sigma = e^{4 c_noise}`, `x^ = x_in / c_in`."""
+    exact = dj.exact_model(gmm, process, "x0")
 
-    The network is `exact(x, t) + p` with an additive `p` in R^2. At `p = 0` the gradient
-    `2 E[exact - target] / D` is zero in expectation (the exact velocity is the conditional mean
+    def net(p, x_in, c_noise):
+        t = process.t_from_log_snr(-4.0 * c_noise)
+        a, s = (c[:, None] for c in process.marginal(t))
+        r = jnp.sqrt(s**2 + (a * sigma_data) ** 2)
+        x = r * x_in
+        return (exact(x, t) - sigma_data**2 * a / r**2 * x) / (s * sigma_data / r) + p
+
+    return net
+
+
+def _velocity_net(gmm, process):
+    exact = dj.exact_model(gmm, process, "velocity")
+    return lambda p, x, t: exact(x, t) + p
+
+
+# name -> loss(p, key, x0, gmm) with a network `exact + p`, p in R^2
+OPTIMUM_CASES = {
+    "dsm_velocity_rf": lambda p, k, x0, g: losses.dsm(
+        p, _velocity_net(g, dj.RectifiedFlow()), k, x0, dj.RectifiedFlow(), prediction="velocity"
+    )[0],
+    "flow_matching_logit_normal": lambda p, k, x0, g: losses.flow_matching(
+        p, _velocity_net(g, dj.RectifiedFlow()), k, x0, time_sampling="logit_normal"
+    )[0],
+    "flow_matching_cosine": lambda p, k, x0, g: losses.flow_matching(
+        p, _velocity_net(g, dj.Cosine()), k, x0, dj.Cosine()
+    )[0],
+    "edm": lambda p, k, x0, g: losses.edm(p, _exact_edm_net(g, dj.EDM(), 0.5), k, x0)[0],
+    "edm_on_vp": lambda p, k, x0, g: losses.edm(
+        p, _exact_edm_net(g, dj.VPSDE(), 0.5), k, x0, dj.VPSDE()
+    )[0],
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIMUM_CASES))
+def test_flow_matching_and_edm_exact_model_is_the_optimum(case, eight_gaussians):
+    """Conditional flow matching (`dsm(prediction="velocity")`, `losses.flow_matching` with
+    uniform or logit-normal times, on RF and cosine paths; target `a' x_0 + s' eps`) and the EDM
+    loss (on EDM and, through log-SNR matching, on VP) are minimised by the exact model.
+
+    The network is `exact + p` with an additive `p` in R^2 (for EDM, on the raw `F`, whose
+    error reaches the loss with weight `lambda c_out^2 = 1`). At `p = 0` the gradient
+    `2 E[exact - target] / D` is zero in expectation (the exact model is the conditional mean
     of the target under the data distribution, so each key draws its own 1024 data points: with
-    one fixed batch the expectation given that batch is not zero, about 0.05 per component
-    here): over 32 keys x 1024 points, each component's mean gradient is within 4
-    standard errors (of the spread over keys) of 0 (a Student t with 31 dof: a false failure
-    has probability about 4e-4 per component). At `p = delta d` it is `2 delta d / D`, which
-    the same check recovers (so it could fail). The exact model's mean loss is lower than at
-    `p = +-delta e_i` and `delta d`, by `|p|^2 / D` up to `2 p . grad` (4 s.e.).
+    one fixed batch the expectation given that batch is not zero): over 32 keys x 1024 points,
+    each component's mean gradient is within 4 standard errors (of the spread over keys) of 0
+    (a Student t with 31 dof: a false failure has probability about 4e-4 per component). At
+    `p = delta d` it is `2 delta d / D`, which the same check recovers (so it could fail). The
+    exact model's mean loss is lower than at `p = +-delta e_i` and `delta d`, by `|p|^2 / D` up
+    to `2 p . grad` (4 s.e.).
     """
-    rf = dj.RectifiedFlow()
-    exact = dj.exact_model(eight_gaussians, rf, "velocity")
     dim = 2
+    fn = OPTIMUM_CASES[case]
 
     def loss(p, key):
         k_data, k_loss = jax.random.split(key)
-        x0 = eight_gaussians.sample(k_data, BATCH)
-        apply = lambda p, x, t: exact(x, t) + p
-        return losses.dsm(p, apply, k_loss, x0, rf, prediction="velocity")[0]
+        return fn(p, k_loss, eight_gaussians.sample(k_data, BATCH), eight_gaussians)
 
     direction = jnp.array([0.6, -0.8])
     perturbations = jnp.stack(

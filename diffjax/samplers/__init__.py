@@ -1,4 +1,4 @@
-"""Samplers: DDPM, DDIM, DPM-Solver++, reverse SDE, predictor-corrector, probability-flow ODE.
+"""Samplers: DDPM, DDIM, DPM-Solver++, EDM's Heun and Euler, reverse SDE, predictor-corrector, probability-flow ODE.
 
 Every sampler takes a `diffjax.Model` (any prediction kind; the continuous ones on any
 continuous process), draws a whole batch `[B, *event]` as one state in one compiled program
@@ -15,7 +15,8 @@ Grids (continuous): `"logsnr"` (uniform in `lambda`, default), `"time"`, `"karra
 
 from diffjax.samplers._driver import SamplerInfo
 from diffjax.samplers.discrete import ddim, ddpm
-from diffjax.samplers.multistep import dpm_solver
+from diffjax.samplers.karras import euler, heun
+from diffjax.samplers.multistep import dpm_solver, unipc
 from diffjax.samplers.ode import decode, encode, ode, probability_flow
 from diffjax.samplers.sde import predictor_corrector, reverse_sde
 
@@ -26,8 +27,11 @@ __all__ = [
     "decode",
     "dpm_solver",
     "encode",
+    "euler",
+    "heun",
     "ode",
     "predictor_corrector",
     "probability_flow",
     "reverse_sde",
+    "unipc",
 ]
