@@ -95,6 +95,14 @@ def sampler_cases(cfg: Config) -> dict:
             lambda k, m: samplers.heun(k, m, shape, num_steps=half + 1),
         ),
         f"euler ({n} levels)": (sde, lambda k, m: samplers.euler(k, m, shape, num_steps=n)),
+        f"unipc (bh2, order 2, {n - 1} steps)": (
+            sde,
+            lambda k, m: samplers.unipc(k, m, shape, num_steps=n - 1),
+        ),
+        f"dpm_solver (SDE 2M, {n - 1} steps)": (
+            sde,
+            lambda k, m: samplers.dpm_solver(k, m, shape, num_steps=n - 1, stochastic=True),
+        ),
     }
 
 
@@ -115,6 +123,7 @@ def process_cases(cfg: Config) -> dict:
         f"ode (Heun, {half} steps)": lambda k, m: samplers.ode(k, m, shape, num_steps=half),
         f"heun ({half + 1} levels)": lambda k, m: samplers.heun(k, m, shape, num_steps=half + 1),
         f"euler ({n} levels)": lambda k, m: samplers.euler(k, m, shape, num_steps=n),
+        f"unipc ({n - 1} steps)": lambda k, m: samplers.unipc(k, m, shape, num_steps=n - 1),
     }  # fmt: skip
     return {
         f"{run_name} on {p_name}": (process, run)
