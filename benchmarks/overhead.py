@@ -174,6 +174,7 @@ def run(cfg: Config, compile_rows: list) -> str:
             cfg.repeats,
         )
         rows.append(_row(name, nfe, timings, first, compile_rows))
+        print("    " + " | ".join(str(c) for c in rows[-1]), flush=True)  # kept if cut short
 
     print("  overhead: log_prob", flush=True)
     data = eight_gaussians(jax.random.key(2), cfg.batch)
