@@ -5,7 +5,18 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+import diffjax as dj
 from diffjax.metrics import energy_distance
+
+# The six continuous paths, for the tests that run on every one.
+CONTINUOUS_PROCESSES = {
+    "vp": dj.VPSDE(),
+    "subvp": dj.SubVPSDE(),
+    "ve": dj.VESDE(sigma_min=0.01, sigma_max=50.0),
+    "edm": dj.EDM(),
+    "rf": dj.RectifiedFlow(),
+    "cosine": dj.Cosine(),
+}
 
 
 def mode_stds(x, gmm) -> np.ndarray:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_matches_mixture
+from helpers import CONTINUOUS_PROCESSES, assert_matches_mixture
 from test_samplers import _eight_gaussians
 
 import diffjax as dj
@@ -14,14 +14,7 @@ from diffjax import samplers
 
 N = 2000  # per-mode std s.e. ~1.6% (250 samples a mode in 2-D); energy-distance noise ~0.002
 
-PROCESSES = {
-    "vp": dj.VPSDE(),
-    "subvp": dj.SubVPSDE(),
-    "ve": dj.VESDE(sigma_min=0.01, sigma_max=50.0),
-    "edm": dj.EDM(),
-    "rf": dj.RectifiedFlow(),
-    "cosine": dj.Cosine(),
-}
+PROCESSES = CONTINUOUS_PROCESSES
 KINDS = ("x0", "velocity", "eps", "v", "score")
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import CONTINUOUS_PROCESSES
 from scipy import stats
 
 import diffjax as dj
@@ -113,14 +114,7 @@ def test_every_sde_passes_the_gaussian_check(sde):
 
 # ----------------------------------------------------------------------------- every process
 
-PROCESSES = {
-    "vp": dj.VPSDE(),
-    "subvp": dj.SubVPSDE(),
-    "ve": dj.VESDE(),
-    "edm": dj.EDM(),
-    "rf": dj.RectifiedFlow(),
-    "cosine": dj.Cosine(),
-}
+PROCESSES = CONTINUOUS_PROCESSES
 
 _STD = jnp.array([[0.4, 0.7], [0.6, 0.3], [0.5, 0.5]])
 

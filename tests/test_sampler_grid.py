@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_matches_mixture
+from helpers import CONTINUOUS_PROCESSES, assert_matches_mixture
 from test_samplers import _eight_gaussians, _problem
 
 import diffjax as dj
@@ -34,14 +34,7 @@ def ref2d(mix2d):
 
 
 # ---------------------------------------------------------------- every sampler on every process
-PROCESSES = {
-    "vp": dj.VPSDE(),
-    "subvp": dj.SubVPSDE(),
-    "ve": dj.VESDE(sigma_min=0.01, sigma_max=50.0),
-    "edm": dj.EDM(),
-    "rf": dj.RectifiedFlow(),
-    "cosine": dj.Cosine(),
-}
+PROCESSES = CONTINUOUS_PROCESSES
 # Natural step counts; the model kind cycles so that every kind meets every sampler.
 GRID_RUNS = {
     "ddim": lambda k, m: samplers.ddim(k, m, (N, 2), num_steps=200),
