@@ -34,7 +34,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_float_array, expand_to, is_concrete
+from diffjax._checks import as_float_array, check_knob, expand_to
 from diffjax.processes import AbstractMarginal, AbstractProcess
 from diffjax.schedules import DiscreteSchedule
 
@@ -261,8 +261,6 @@ def edm_model(
         raise TypeError(f"`net` must be callable, got {type(net).__name__}.")
     if not isinstance(process, AbstractProcess):
         raise TypeError(f"`process` must be a continuous process, got {type(process).__name__}.")
-    sd = as_float_array(sigma_data, "sigma_data")
-    if sd.ndim != 0 or (is_concrete(sd) and not float(sd) > 0):
-        raise ValueError(f"`sigma_data` must be a positive scalar, got {sigma_data}.")
+    sd = check_knob(sigma_data, "sigma_data", 0.0, strict=True)
     denoiser = EDMDenoiser(net, process, sd, params is not None)
     return Model(denoiser, process, "x0", params=params)
