@@ -127,6 +127,33 @@ def test_ode_nfe_counts_tsit5_stages(runs2d):
     assert int(info.nfe) == 1 + 6 * int(info.num_steps) + 1
 
 
+@pytest.mark.parametrize(
+    "sampler, solver",
+    [
+        (samplers.probability_flow, dfx.ReversibleHeun()),
+        (samplers.reverse_sde, dfx.EulerHeun()),
+        (samplers.reverse_sde, dfx.ItoMilstein()),
+        (samplers.reverse_sde, dfx.SPaRK()),
+    ],
+    ids=["ode-reversible-heun", "sde-euler-heun", "sde-milstein", "sde-spark"],
+)
+def test_nfe_counts_model_evaluations_of_any_solver(sampler, solver):
+    """`info.nfe` equals the number of times the model ran, for solvers without a tableau
+    (counted) as for tableau ones, with the final denoising step."""
+    calls = []
+    dist = dj.gaussian(jnp.zeros(1), 0.5)
+    exact = dj.exact_model(dist, dj.VPSDE())
+
+    def counted_score(x, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return exact(x, t)
+
+    model = dj.Model(counted_score, exact.process, "score")
+    _, info = sampler(jax.random.key(0), model, (4, 1), num_steps=7, solver=solver)
+    jax.effects_barrier()
+    assert int(info.nfe) == len(calls) > 7
+
+
 def test_process_argument_moves_the_model(mix2d, ref2d):
     """A VP model sampled on EDM's grid (`process=`) by log-SNR matching."""
     x, _ = samplers.dpm_solver(jax.random.key(0), mix2d.eps_vp, (N, 2), process=dj.EDM(sigma_max=100.0))

@@ -166,22 +166,41 @@ def check_controller(controller, default):
     return controller
 
 
-def evals_per_step(solver) -> tuple[int, int]:
-    """`(at init, per step)` vector-field evaluations of a diffrax solver.
+def evals_per_step(solver, levy_area=None) -> tuple[int, int]:
+    """`(at init, per step)` drift evaluations of a diffrax solver.
 
-    Exact for Euler, Euler-Heun and (stochastic) Runge-Kutta tableaus; other solvers count one
-    evaluation per stage of `solver.order` (documented as an estimate in `SamplerInfo.nfe`).
+    Read from the Butcher tableau where there is one (for implicit tableaus: one per stage, the
+    Newton iterations not counted). Any other solver is counted: `solver.init` and one
+    `solver.step` run on a scalar toy problem whose drift counts its own calls. `levy_area`
+    (the Brownian increment type) makes the toy problem an SDE.
     """
     tableau = getattr(solver, "tableau", None)
-    if isinstance(solver, (dfx.Euler, dfx.EulerHeun)):
-        return 0, 1
     if isinstance(tableau, dfx.ButcherTableau):
         return (1, tableau.num_stages - 1) if tableau.fsal else (0, tableau.num_stages)
     if isinstance(tableau, dfx.StochasticButcherTableau):
         ignored = 0 if tableau.ignore_stage_f is None else int(np.sum(tableau.ignore_stage_f))
         return 0, len(tableau.b_sol) - ignored
-    order = solver.order(None) if callable(getattr(solver, "order", None)) else 1
-    return 0, int(order or 1)
+    return _counted_evals(solver, levy_area)
+
+
+def _counted_evals(solver, levy_area) -> tuple[int, int]:
+    calls = []
+
+    def drift(t, y, args):
+        jax.debug.callback(lambda: calls.append(t))
+        return -y
+
+    terms = dfx.ODETerm(drift)
+    if levy_area is not None:
+        bm = dfx.UnsafeBrownianPath((), jax.random.key(0), levy_area=levy_area)
+        terms = dfx.MultiTerm(terms, dfx.ControlTerm(lambda t, y, args: 0.5 * y, bm))
+    y0 = jnp.ones(())
+    state = solver.init(terms, 0.0, 0.1, y0, None)
+    jax.effects_barrier()
+    at_init = len(calls)
+    jax.block_until_ready(solver.step(terms, 0.0, 0.1, y0, None, state, False))
+    jax.effects_barrier()
+    return at_init, len(calls) - at_init
 
 
 # ---------------------------------------------------------------- the time grid

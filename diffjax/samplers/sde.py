@@ -135,7 +135,7 @@ def reverse_sde(
         )  # fmt: skip
     except Exception as err:
         _reraise_solver_error(err, max_steps)
-    init_evals, per_step = drv.evals_per_step(solver)
+    init_evals, per_step = drv.evals_per_step(solver, _levy_area(solver))
     if projection is not None:  # FSAL: the first stage is re-evaluated after every projection
         per_step = init_evals + per_step
     return drv.result(x, init_evals + per_step * steps + 1, steps, saved)
