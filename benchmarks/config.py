@@ -23,6 +23,7 @@ class Config:
     unet_train_steps: int = 0  # Adam steps on the digits U-Net before the bits/dim (0: untrained)
     digits_tol: float = 1e-3  # rtol = atol of the digits NLL
     quick: bool = False
+    match: str = ""  # regex: only the overhead rows whose name matches (all when empty)
 
 
 def full() -> Config:

@@ -1,8 +1,10 @@
 """Entry point of `make bench`: run the benchmark groups and write `benchmarks/RESULTS.md`.
 
     python -m benchmarks.run [--quick] [--only overhead,peers,quality,likelihood] [--out PATH]
+                             [--match REGEX]
 
-`--quick` uses tiny sizes to check the code paths (its numbers mean nothing). The peer
+`--quick` uses tiny sizes to check the code paths (its numbers mean nothing); `--match` keeps
+the overhead rows whose name matches (to re-measure a few). The peer
 comparisons need the `bench` extra (torch 2.13.0 CPU, diffusers); without it they are skipped
 with a note. Groups run in one process, one after another; every ratio is measured back to back
 within a group.
@@ -17,6 +19,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import dataclasses
 import datetime
 import importlib
 import importlib.metadata
@@ -80,8 +83,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, checks code paths")
     parser.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups")
     parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"))
+    parser.add_argument("--match", default="", help="only the rows whose name has this regex")
     args = parser.parse_args()
     cfg = config.quick() if args.quick else config.full()
+    cfg = dataclasses.replace(cfg, match=args.match)
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = set(groups) - set(GROUPS)
     if unknown:

@@ -115,6 +115,20 @@ class AbstractMarginal(eqx.Module):
         return standard_normal_log_prob(z, self.prior_std)
 
 
+@eqx.filter_jit  # compiled once per process type and shape, also when called eagerly
+def _bisect_log_snr(process: AbstractProcess, lam: Array) -> Array:
+    lo, hi = jnp.zeros_like(lam), jnp.full_like(lam, process.T)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = process.log_snr(mid) > lam  # lambda decreases: the root lies above mid
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 60, halve, (lo, hi))
+    return 0.5 * (lo + hi)
+
+
 class AbstractProcess(AbstractMarginal):
     """A continuous Gaussian path `x_t = alpha(t) x_0 + sigma(t) eps` on `t in [0, T]`.
 
@@ -155,17 +169,7 @@ class AbstractProcess(AbstractMarginal):
 
     def t_from_log_snr(self, log_snr: ArrayLike) -> Array:
         """Inverse of `log_snr` by bisection on `[0, T]` (60 halvings: float64 resolution)."""
-        lam = as_float_array(log_snr, "log_snr")
-        lo, hi = jnp.zeros_like(lam), jnp.full_like(lam, self.T)
-
-        def halve(_, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            above = self.log_snr(mid) > lam  # lambda decreases: the root lies above mid
-            return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-        lo, hi = jax.lax.fori_loop(0, 60, halve, (lo, hi))
-        return 0.5 * (lo + hi)
+        return _bisect_log_snr(self, as_float_array(log_snr, "log_snr"))
 
     def drift_coefficient(self, t: ArrayLike) -> Array:
         """`d log alpha / dt`, so that `f(x, t) = drift_coefficient(t) x`."""
