@@ -171,6 +171,33 @@ def check_knob(value, name: str, lo=None, hi=None, *, strict: bool = False) -> A
     return eqx.error_if(arr, bad, f"`{name}` must be finite and {bounds}.")
 
 
+def check_labels(labels, name: str = "labels", *, batch=None, num_classes=None) -> Array:
+    """Integer class labels: a scalar or `[B]` (`batch` given: a leading axis of that size), in
+    `[0, num_classes)` (`>= 0` without `num_classes`). The range is checked now when concrete
+    and by `eqx.error_if` under `jit` (an out-of-range label would index a wrong embedding row
+    silently, or give NaN in a cross-entropy)."""
+    if isinstance(labels, bool) or not isinstance(labels, (int, np.integer, np.ndarray, jax.Array)):
+        raise TypeError(f"`{name}` must be integer class labels (an int or an array), got {labels!r}.")
+    with jax.ensure_compile_time_eval():
+        labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"`{name}` must hold integer class labels, got dtype {labels.dtype}.")
+    if batch is not None and (labels.ndim < 1 or labels.shape[0] != batch):
+        raise ValueError(f"`{name}` must have a leading batch axis of size {batch}, got {labels.shape}.")
+    if batch is None and labels.ndim > 1:
+        raise ValueError(f"`{name}` must be a scalar or have shape [B], got shape {labels.shape}.")
+    bounds = ">= 0" if num_classes is None else f"in [0, {num_classes})"
+    hi = np.inf if num_classes is None else num_classes
+    if is_concrete(labels):
+        values = np.asarray(labels)
+        if values.size and (values.min() < 0 or values.max() >= hi):
+            bad = values.min() if values.min() < 0 else values.max()
+            raise ValueError(f"`{name}` must be class labels {bounds}, got {bad}.")
+        return labels
+    bad = jnp.any(labels < 0) if num_classes is None else jnp.any((labels < 0) | (labels >= hi))
+    return eqx.error_if(labels, bad, f"`{name}` must be class labels {bounds}.")
+
+
 def check_times(process, t_eps, t_max) -> tuple[Array, Array]:
     """`0 < t_eps < t_max <= T`; `None` takes the process' `t_eps` / `t_max`. May be traced."""
     t_eps = check_knob(process.t_eps if t_eps is None else t_eps, "t_eps", 0.0, process.T)

@@ -25,6 +25,7 @@ from diffjax._checks import (
     check_callable,
     check_key,
     check_knob,
+    check_labels,
     expand_to,
     is_concrete,
 )
@@ -59,22 +60,6 @@ def _check_process(process) -> AbstractMarginal:
             f"`process` must be a diffjax process or schedule, got {type(process).__name__}."
         )
     return process
-
-
-def _check_labels(y: ArrayLike, name: str = "y") -> Array:
-    """Integer labels, a scalar or `[B]`, non-negative when concrete."""
-    if isinstance(y, bool) or not isinstance(y, (int, np.integer, np.ndarray, jax.Array)):
-        raise TypeError(f"`{name}` must be integer class labels (an int or an array), got {y!r}.")
-    y = jnp.asarray(y)
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(f"`{name}` must hold integer class labels, got dtype {y.dtype}.")
-    if y.ndim > 1:
-        raise ValueError(f"`{name}` must be a scalar or have shape [B], got shape {y.shape}.")
-    if is_concrete(y) and y.size and int(np.min(np.asarray(y))) < 0:
-        raise ValueError(
-            f"`{name}` must be non-negative class labels, got {np.min(np.asarray(y))}."
-        )
-    return y
 
 
 def _check_int(value, name: str) -> int:
@@ -175,7 +160,7 @@ def classifier_guidance(
     guided = _ClassifierGuidance(
         model,
         check_callable(log_prob_fn, "log_prob_fn"),
-        _check_labels(y),
+        check_labels(y, "y"),
         check_knob(scale, "scale", 0.0),
     )
     return Model(guided, model.process, "score")
@@ -259,7 +244,7 @@ def classifier_free(
     model = _check_model(model)
     guided = _ClassifierFree(
         model,
-        _check_labels(y),
+        check_labels(y, "y", num_classes=_check_int(null_label, "null_label") + 1),
         _check_int(null_label, "null_label"),
         check_knob(weight, "weight", 0.0),
         _check_interval(interval),
@@ -320,12 +305,12 @@ def drop_labels(key, labels: ArrayLike, p: Scalar, null_label: int) -> Array:
     and dtype.
     """
     key = check_key(key)
-    labels = _check_labels(labels, "labels")
+    null_label = _check_int(null_label, "null_label")
+    labels = check_labels(labels, num_classes=null_label + 1)
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"`p` must be a float, got {type(p).__name__}.")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"`p` must lie in [0, 1], got {p}.")
-    null_label = _check_int(null_label, "null_label")
     drop = jax.random.bernoulli(key, p, labels.shape)
     return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 

@@ -33,6 +33,7 @@ from diffjax._checks import (
     check_choice,
     check_key,
     check_knob,
+    check_labels,
     check_positive_int,
     check_times,
     expand_to,
@@ -75,15 +76,12 @@ def _check_data(x0: ArrayLike, name: str = "x0") -> Array:
     return x0
 
 
-def _check_labels(labels, batch: int, name: str = "labels") -> Array | None:
+def _check_labels(labels, batch: int, null_label) -> Array | None:
+    """`labels` (or None) with a batch axis, in `[0, null_label]` when a null label is given."""
     if labels is None:
         return None
-    labels = jnp.asarray(labels)
-    if labels.ndim < 1 or labels.shape[0] != batch:
-        raise ValueError(
-            f"`{name}` must have a leading batch axis of size {batch}, got {labels.shape}."
-        )
-    return labels
+    num_classes = None if null_label is None else int(null_label) + 1
+    return check_labels(labels, batch=batch, num_classes=num_classes)
 
 
 def _dropout_labels(key, labels, label_dropout, null_label) -> tuple[Array, Array | None]:
@@ -269,7 +267,7 @@ def dsm(
         raise ValueError("`importance_sampling=True` requires `weighting='likelihood'`.")
     if not snr_gamma > 0:
         raise ValueError(f"`snr_gamma` must be positive, got {snr_gamma}.")
-    labels = _check_labels(labels, x0.shape[0])
+    labels = _check_labels(labels, x0.shape[0], null_label)
     key, labels = _dropout_labels(key, labels, label_dropout, null_label)
 
     batch = x0.shape[0]
@@ -350,7 +348,7 @@ def flow_matching(
     logit_mean = check_knob(logit_mean, "logit_mean")
     logit_std = check_knob(logit_std, "logit_std", 0.0, strict=True)
     t_eps, _ = check_times(process, t_eps, process.T)
-    labels = _check_labels(labels, x0.shape[0])
+    labels = _check_labels(labels, x0.shape[0], null_label)
     key, labels = _dropout_labels(key, labels, label_dropout, null_label)
     t_key, eps_key = jax.random.split(key)
     t = _flow_times(
@@ -405,7 +403,7 @@ def edm(
     sd = check_knob(sigma_data, "sigma_data", 0.0, strict=True)
     p_mean = check_knob(p_mean, "p_mean")
     p_std = check_knob(p_std, "p_std", 0.0, strict=True)
-    labels = _check_labels(labels, x0.shape[0])
+    labels = _check_labels(labels, x0.shape[0], null_label)
     key, labels = _dropout_labels(key, labels, label_dropout, null_label)
     s_key, eps_key = jax.random.split(key)
     batch = x0.shape[0]
@@ -458,7 +456,7 @@ def ddpm(
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"`schedule` must be a DiscreteSchedule, got {type(schedule).__name__}.")
     check_choice(prediction, "prediction", PREDICTIONS[:4])
-    labels = _check_labels(labels, x0.shape[0])
+    labels = _check_labels(labels, x0.shape[0], null_label)
     key, labels = _dropout_labels(key, labels, label_dropout, null_label)
 
     t_key, eps_key = jax.random.split(key)
@@ -679,11 +677,9 @@ def classifier(
     check_callable(apply_fn, "apply_fn")
     key = check_key(key)
     x0 = _check_data(x0)
-    labels = _check_labels(labels, x0.shape[0])
-    if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(
-            f"`labels` must be integer classes of shape [B], got {labels.dtype}{labels.shape}."
-        )
+    labels = check_labels(labels, batch=x0.shape[0])
+    if labels.ndim != 1:
+        raise ValueError(f"`labels` must be integer classes of shape [B], got {labels.shape}.")
     t_key, eps_key = jax.random.split(key)
     batch = x0.shape[0]
     if isinstance(process, DiscreteSchedule):
@@ -700,6 +696,7 @@ def classifier(
             f"`apply_fn` must return logits of shape [B={batch}, num_classes], "
             f"got {getattr(logits, 'shape', type(logits).__name__)}."
         )
+    labels = check_labels(labels, batch=batch, num_classes=logits.shape[1])
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     loss = jnp.mean(nll)

@@ -581,8 +581,10 @@ def test_bad_input(two):
         guidance.classifier_guidance(score, clf, jnp.zeros(8))
     with pytest.raises(ValueError, match="shape"):
         guidance.classifier_guidance(score, clf, jnp.zeros((8, 1), int))
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="`y` must be class labels >= 0"):
         guidance.classifier_guidance(score, clf, -1)
+    with pytest.raises(ValueError, match=r"`y` must be class labels in \[0, 3\)"):
+        guidance.classifier_free(dj.Model(lambda x, t, y: x, dj.VPSDE(), "eps"), 3, 2, 1.0)
     with pytest.raises(TypeError, match="log_prob_fn"):
         guidance.classifier_guidance(score, "classifier", 0)
     # Guidance takes a Model (any kind); a bare function or None is refused, naming it.

@@ -534,7 +534,9 @@ def test_bad_input_gives_clear_errors(data):
     with pytest.raises(TypeError, match="apply_fn"):
         losses.dsm(None, "net", key, data, SDE)
     with pytest.raises(ValueError, match="labels"):
-        losses.dsm(None, lambda p, x, t, y: x, key, data, SDE, labels=jnp.zeros(3))
+        losses.dsm(None, lambda p, x, t, y: x, key, data, SDE, labels=jnp.zeros(3, jnp.int32))
+    with pytest.raises(TypeError, match="labels"):
+        losses.dsm(None, lambda p, x, t, y: x, key, data, SDE, labels=jnp.zeros(BATCH))
     sch5 = schedules.linear(5)
     with pytest.raises(ValueError, match="model"):
         losses.ddpm_vlb(dj.Model(lambda x, t: x[:, :1], sch5, "x0"), key, data)
@@ -554,13 +556,36 @@ def test_bad_input_gives_clear_errors(data):
         losses.vae_elbo(None, losses.VAEApply(enc, lambda p, z: z), key, data, obs_std=jnp.ones(5))
     with pytest.raises(TypeError, match="vae_apply"):
         losses.vae_elbo(None, enc, key, data)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(TypeError, match="labels"):
         losses.classifier(None, ok, key, data, jnp.zeros(BATCH), SDE)
     with pytest.raises(ValueError, match="logits"):  # the same check on a schedule
         losses.classifier(
             None, lambda p, x, t: x[:, 0], key, data, jnp.zeros(BATCH, jnp.int32),
             schedules.linear(10),
         )  # fmt: skip
+
+
+def test_labels_out_of_range_are_refused_also_under_jit(data):
+    """A label below 0 or above the null label (dsm), or not below the classifier's number of
+    classes (a NaN cross-entropy before), is a named error: at once when the labels are
+    concrete, at run time under `jit`."""
+    key = jax.random.key(0)
+    net = lambda p, x, t, y: x + y[:, None]  # uses the labels (else their check is dead code)
+    logits = lambda p, x, t: jnp.zeros((x.shape[0], 3))
+    good = jnp.zeros(BATCH, jnp.int32)
+    calls = {
+        "dsm": lambda y: losses.dsm(None, net, key, data, SDE, labels=y, null_label=3)[0],
+        "classifier": lambda y: losses.classifier(None, logits, key, data, y, SDE)[0],
+    }
+    for name, call in calls.items():
+        assert np.isfinite(float(call(good)))
+        for bad in (-1, 3 if name == "classifier" else 4):
+            labels = good.at[1].set(bad)
+            with pytest.raises(ValueError, match="`labels` must be class labels"):
+                call(labels)
+            with pytest.raises(Exception, match="`labels` must be class labels"):
+                jax.block_until_ready(jax.jit(call)(labels))
+    assert np.isfinite(float(jax.jit(calls["dsm"])(good.at[1].set(3))))  # the null label
 
 
 def test_classifier_loss_bad_logits_on_an_sde(data):
