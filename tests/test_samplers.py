@@ -131,11 +131,12 @@ def test_ode_nfe_counts_tsit5_stages(runs2d):
     "sampler, solver",
     [
         (samplers.probability_flow, dfx.ReversibleHeun()),
+        (samplers.reverse_sde, dfx.Euler()),
         (samplers.reverse_sde, dfx.EulerHeun()),
         (samplers.reverse_sde, dfx.ItoMilstein()),
         (samplers.reverse_sde, dfx.SPaRK()),
     ],
-    ids=["ode-reversible-heun", "sde-euler-heun", "sde-milstein", "sde-spark"],
+    ids=["ode-reversible-heun", "sde-euler", "sde-euler-heun", "sde-milstein", "sde-spark"],
 )
 def test_nfe_counts_model_evaluations_of_any_solver(sampler, solver):
     """`info.nfe` equals the number of times the model ran, for solvers without a tableau
@@ -152,6 +153,9 @@ def test_nfe_counts_model_evaluations_of_any_solver(sampler, solver):
     _, info = sampler(jax.random.key(0), model, (4, 1), num_steps=7, solver=solver)
     jax.effects_barrier()
     assert int(info.nfe) == len(calls) > 7
+    # The same count when the sampler is traced inside an outer `jit`.
+    jitted = jax.jit(lambda k: sampler(k, model, (4, 1), num_steps=7, solver=solver)[1].nfe)
+    assert int(jitted(jax.random.key(0))) == int(info.nfe)
 
 
 def test_process_argument_moves_the_model(mix2d, ref2d):

@@ -4,6 +4,8 @@ trajectories and the result type. Private; the public samplers call these at the
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -170,10 +172,12 @@ def evals_per_step(solver, levy_area=None) -> tuple[int, int]:
     """`(at init, per step)` drift evaluations of a diffrax solver.
 
     Read from the Butcher tableau where there is one (for implicit tableaus: one per stage, the
-    Newton iterations not counted). Any other solver is counted: `solver.init` and one
-    `solver.step` run on a scalar toy problem whose drift counts its own calls. `levy_area`
-    (the Brownian increment type) makes the toy problem an SDE.
+    Newton iterations not counted). Any other solver is counted once per solver (cached):
+    `solver.init` and one `solver.step` run on a scalar toy problem whose drift counts its own
+    calls. `levy_area` (the Brownian increment type) makes the toy problem an SDE.
     """
+    if isinstance(solver, (dfx.Euler, dfx.EulerHeun)):
+        return 0, 1
     tableau = getattr(solver, "tableau", None)
     if isinstance(tableau, dfx.ButcherTableau):
         return (1, tableau.num_stages - 1) if tableau.fsal else (0, tableau.num_stages)
@@ -183,24 +187,31 @@ def evals_per_step(solver, levy_area=None) -> tuple[int, int]:
     return _counted_evals(solver, levy_area)
 
 
+@functools.lru_cache(maxsize=64)  # diffrax solvers are hashable equinox modules
 def _counted_evals(solver, levy_area) -> tuple[int, int]:
+    """`solver.init` and one `solver.step` on a scalar toy problem, run eagerly in a thread of
+    its own (JAX's trace state is per thread: an outer `jit` would only stage the callbacks)."""
     calls = []
 
     def drift(t, y, args):
         jax.debug.callback(lambda: calls.append(t))
         return -y
 
-    terms = dfx.ODETerm(drift)
-    if levy_area is not None:
-        bm = dfx.UnsafeBrownianPath((), jax.random.key(0), levy_area=levy_area)
-        terms = dfx.MultiTerm(terms, dfx.ControlTerm(lambda t, y, args: 0.5 * y, bm))
-    y0 = jnp.ones(())
-    state = solver.init(terms, 0.0, 0.1, y0, None)
-    jax.effects_barrier()
-    at_init = len(calls)
-    jax.block_until_ready(solver.step(terms, 0.0, 0.1, y0, None, state, False))
-    jax.effects_barrier()
-    return at_init, len(calls) - at_init
+    def count():
+        terms = dfx.ODETerm(drift)
+        if levy_area is not None:
+            bm = dfx.UnsafeBrownianPath((), jax.random.key(0), levy_area=levy_area)
+            terms = dfx.MultiTerm(terms, dfx.ControlTerm(lambda t, y, args: 0.5 * y, bm))
+        y0 = jnp.ones(())
+        state = solver.init(terms, 0.0, 0.1, y0, None)
+        jax.effects_barrier()
+        at_init = len(calls)
+        jax.block_until_ready(solver.step(terms, 0.0, 0.1, y0, None, state, False))
+        jax.effects_barrier()
+        return at_init, len(calls) - at_init
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(count).result()
 
 
 # ---------------------------------------------------------------- the time grid
