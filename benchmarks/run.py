@@ -4,7 +4,8 @@
                              [--match REGEX]
 
 `--quick` uses tiny sizes to check the code paths (its numbers mean nothing); `--match` keeps
-the overhead rows whose name matches (to re-measure a few). The peer
+the overhead rows whose name matches (to re-measure a few); section 5b (training recipes,
+`python -m benchmarks.recipes`, pasted by hand) is carried over from the existing `--out`. The peer
 comparisons need the `bench` extra (torch 2.13.0 CPU, diffusers); without it they are skipped
 with a note. Groups run in one process, one after another; every ratio is measured back to back
 within a group.
@@ -30,6 +31,18 @@ from benchmarks import config, gpu
 from benchmarks.timing import table
 
 GROUPS = ("overhead", "peers", "quality", "likelihood")  # modules of `benchmarks`, run in order
+KEPT = ("## 5b.",)  # sections written by hand from other scripts (benchmarks/recipes.py): kept
+
+
+def kept_sections(path: str) -> list[str]:
+    """The sections of the existing `path` whose heading starts with one of `KEPT`."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    parts = ("\n" + text).split("\n## ")
+    return ["## " + p.strip() for p in parts[1:] if ("## " + p).startswith(KEPT)]
 
 
 def _version(name: str) -> str:
@@ -119,6 +132,7 @@ def main() -> None:
             "## 5a. Compile time of each jitted entry point\n\n"
             "First call (trace + compile + run) minus the steady-state median, same process "
             "and load as the tables above.\n\n" + compile_table,
+            *kept_sections(args.out),
             gpu.SECTION,
         ]
     )

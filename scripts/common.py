@@ -168,29 +168,79 @@ def make_process(config: Config):
     return dj.schedules.cosine(config.num_timesteps)
 
 
+def model_prediction(config: Config) -> str:
+    """What the trained model predicts: `--prediction`, or for `auto` the loss's own kind
+    (velocity for flow_matching, x0 for edm, whose preconditioned denoiser estimates x_0,
+    else eps). Explicit values are stored in older `config.json` files and kept."""
+    if config.prediction != "auto":
+        return config.prediction
+    return {"flow_matching": "velocity", "edm": "x0"}.get(config.loss, "eps")
+
+
+EDM_TIME_SCALE = 1.0
+"""The `time_scale` for the edm loss, whose network sees `c_noise = log(sigma) / 4` (about
+-1.2..0.6 in training) instead of a time, unscaled as in Karras et al. 2022. With the demo
+MLP, 1 gave the best few-step samples, 25 and 250 a 0.01-0.02 nats lower NLL, 250 and 1000
+3x and 6x the NFE of the adaptive NLL solve (benchmarks/RESULTS.md, section 5b)."""
+
+
+def default_time_scale(config: Config, process) -> float:
+    """`--time_scale`, or for 0: `EDM_TIME_SCALE` for the edm loss, `1000 / T` for other
+    continuous processes (so that `t` in `[0, T]` spans DDPM's 1000 steps), 1 for steps."""
+    if config.time_scale:
+        return config.time_scale
+    if config.loss == "edm":
+        return EDM_TIME_SCALE
+    return 1000.0 / process.T if isinstance(process, dj.AbstractProcess) else 1.0
+
+
 def check_config(config: Config, dataset: Dataset) -> None:
     """Combinations the library cannot train, reported before anything is compiled."""
-    if config.loss == "dsm" and config.process not in SDES:
+    if config.loss != "ddpm" and config.process not in SDES:
         raise UsageError(
-            f"--loss dsm needs a continuous process ({', '.join(SDES)}), got {config.process}."
+            f"--loss {config.loss} needs a continuous process ({', '.join(SDES)}), "
+            f"got {config.process}; schedules train with --loss ddpm."
         )
     if config.loss == "ddpm" and config.process not in SCHEDULES:
         raise UsageError(
             f"--loss ddpm needs a schedule ({', '.join(SCHEDULES)}), got {config.process}."
         )
-    if config.prediction == "velocity" and config.process in SCHEDULES:
+    prediction = model_prediction(config)
+    if prediction == "velocity" and config.process in SCHEDULES:
         raise UsageError(
             f"--prediction velocity needs a continuous process ({', '.join(SDES)}), "
             f"got {config.process}."
         )
-    if config.loss == "ddpm" and config.weighting not in ("auto", "simple"):
-        raise UsageError("--weighting applies to --loss dsm only; the ddpm loss is unweighted.")
-    if config.loss == "ddpm" and config.prediction == "score":
+    if config.loss == "flow_matching" and config.prediction not in ("auto", "velocity"):
+        raise UsageError(
+            f"--loss flow_matching trains a velocity network: pass --prediction velocity "
+            f"(or auto), not {config.prediction}."
+        )
+    if config.loss == "edm" and config.prediction not in ("auto", "x0"):
+        raise UsageError(
+            f"--loss edm trains EDM's preconditioned denoiser, an x0 model: pass --prediction "
+            f"x0 (or auto), or --loss dsm for --prediction {config.prediction}."
+        )
+    if config.loss in ("ddpm", "flow_matching") and config.weighting not in ("auto", "simple"):
+        raise UsageError(
+            f"--weighting applies to --loss dsm only; the {config.loss} loss is unweighted."
+        )
+    if config.loss == "edm" and config.weighting != "auto":
+        raise UsageError(
+            "--weighting applies to --loss dsm only; the edm loss has EDM's own weighting "
+            "(set --p_mean, --p_std)."
+        )
+    for name in ("logit_std", "sigma_data", "p_std"):
+        if not getattr(config, name) > 0:
+            raise UsageError(f"--{name} must be positive, got {getattr(config, name)}.")
+    if config.time_scale < 0:
+        raise UsageError(f"--time_scale must be >= 0, got {config.time_scale}.")
+    if config.loss == "ddpm" and prediction == "score":
         raise UsageError(
             "--prediction score with --loss ddpm does not train: the unweighted targets "
             "-eps/sigma_t reach 1/sqrt(beta_1); use eps, x0 or v (or an SDE with --loss dsm)."
         )
-    if config.loss == "dsm" and config.prediction == "score" and config.weighting == "simple":
+    if config.loss == "dsm" and prediction == "score" and config.weighting == "simple":
         raise UsageError(
             "--prediction score with --weighting simple does not train: the targets -eps/sigma "
             "grow to 1/sigma at small t and dominate the loss; use --weighting snr (the "
@@ -221,9 +271,7 @@ def check_config(config: Config, dataset: Dataset) -> None:
 
 def make_network(config: Config, dataset: Dataset, process):
     """`(apply, params)` of the network (`diffjax.nets`), initialised from `seed`."""
-    time_scale = config.time_scale or (
-        1000.0 / process.T if isinstance(process, dj.AbstractProcess) else 1.0
-    )
+    time_scale = default_time_scale(config, process)
     num_classes = dataset.num_classes if config.conditional else None
     rngs = nnx.Rngs(config.seed)
     common = dict(
@@ -278,7 +326,8 @@ def dsm_weighting(config: Config) -> str:
     `simple` (the network's own target, unweighted) otherwise."""
     if config.weighting != "auto":
         return config.weighting
-    unbounded = config.prediction == "score" or (config.prediction, config.process) in (
+    prediction = model_prediction(config)
+    unbounded = prediction == "score" or (prediction, config.process) in (
         ("v", "ve"),
         ("v", "edm"),
         ("velocity", "ve"),
@@ -287,7 +336,10 @@ def dsm_weighting(config: Config) -> str:
 
 
 def make_loss_fn(config: Config, dataset: Dataset, apply, process):
-    """`loss_fn(params, batch, key) -> (loss, metrics)` for `training.make_train_step`.
+    """`loss_fn(params, batch, key) -> (loss, metrics)` for `training.make_train_step`:
+    `losses.dsm`, `ddpm`, `flow_matching` (Lipman et al. 2023, arXiv:2210.02747; logit-normal
+    times of Esser et al. 2024, arXiv:2403.03206) or `edm` (Karras et al. 2022,
+    arXiv:2206.00364), as `config.loss` says.
 
     `batch` is `x` or `(x, y)` for conditional models; labels are replaced by the null label
     (`num_classes`) with probability `label_dropout` (classifier-free guidance). Image data is
@@ -295,6 +347,7 @@ def make_loss_fn(config: Config, dataset: Dataset, apply, process):
     """
     null = dataset.num_classes
     step = None if dataset.levels is None else 2.0 / (dataset.levels - 1)
+    prediction = model_prediction(config)
 
     def loss_fn(params, batch, key):
         k_loss, k_drop, k_deq = jax.random.split(key, 3)
@@ -304,8 +357,31 @@ def make_loss_fn(config: Config, dataset: Dataset, apply, process):
         if y is not None:
             y = guidance.drop_labels(k_drop, y, config.label_dropout, null)
         if config.loss == "ddpm":
-            return losses.ddpm(
-                params, apply, k_loss, x, process, labels=y, prediction=config.prediction
+            return losses.ddpm(params, apply, k_loss, x, process, labels=y, prediction=prediction)
+        if config.loss == "flow_matching":
+            return losses.flow_matching(
+                params,
+                apply,
+                k_loss,
+                x,
+                process,
+                labels=y,
+                time_sampling=config.time_sampling,
+                logit_mean=config.logit_mean,
+                logit_std=config.logit_std,
+                t_eps=config.train_t_eps,
+            )
+        if config.loss == "edm":
+            return losses.edm(
+                params,
+                apply,
+                k_loss,
+                x,
+                process,
+                labels=y,
+                sigma_data=config.sigma_data,
+                p_mean=config.p_mean,
+                p_std=config.p_std,
             )
         return losses.dsm(
             params,
@@ -314,7 +390,7 @@ def make_loss_fn(config: Config, dataset: Dataset, apply, process):
             x,
             process,
             labels=y,
-            prediction=config.prediction,
+            prediction=prediction,
             weighting=dsm_weighting(config),
             t_eps=config.train_t_eps,
         )
@@ -370,6 +446,8 @@ class Run:
         """The network with `params` as a `dj.Model` on the continuous view `self.sde` or,
         with `discrete`, on the discrete view `self.schedule` (see the module docstring).
 
+        An edm run's network takes `(x_in, c_noise[, labels])`: its model is the x0 denoiser
+        `dj.edm_model` builds (on the discrete view: the same denoiser called at `t = i T / N`).
         Conditional models get `label` (an int, `[B]` labels, or `None` for the null label)
         and, with `weight > 0`, classifier-free guidance of that weight (`dj.classifier_free`);
         the result takes `(x, t)` only.
@@ -384,9 +462,14 @@ class Run:
                 time_map = TimeScale(self.process.T / process.num_steps)
             else:  # a linear-schedule model at i = t N / T
                 time_map = TimeScale(self.process.num_steps / process.T)
-        model = dj.Model(
-            self.apply, process, self.config.prediction, params=params, time_map=time_map
-        )
+        if self.config.loss == "edm":  # the raw network under EDM's preconditioning
+            edm = dj.edm_model(
+                self.apply, self.process, sigma_data=self.config.sigma_data, params=params
+            )
+            model = dj.Model(edm.fn, process, "x0", params=params, time_map=time_map)
+        else:
+            prediction = model_prediction(self.config)
+            model = dj.Model(self.apply, process, prediction, params=params, time_map=time_map)
         if not self.config.conditional:
             return model
         if label is None or (isinstance(weight, (int, float)) and weight == 0):
@@ -408,7 +491,7 @@ def build(config: Config) -> Run:
     if isinstance(process, dj.AbstractProcess):
         sde = process
         # A velocity (dx/dt of the PF-ODE) has no meaning on a discrete chain.
-        if isinstance(process, dj.VPSDE) and config.prediction != "velocity":
+        if isinstance(process, dj.VPSDE) and model_prediction(config) != "velocity":
             schedule = process.to_ddpm(config.num_timesteps)
     else:
         schedule = process

@@ -120,7 +120,8 @@ def _class_rows(x: np.ndarray, labels, cols: int = 10) -> np.ndarray:
 
 def _headline(run: common.Run, results: dict) -> str:
     c = run.config
-    text = f"{c.dataset}, {c.process} {c.loss} ({c.prediction}), {c.model}, {c.steps} steps"
+    kind = common.model_prediction(c)
+    text = f"{c.dataset}, {c.process} {c.loss} ({kind}), {c.model}, {c.steps} steps"
     if "pf_ode" in results:
         key, unit = ("bpd", "bits/dim") if run.dataset.is_image else ("nll", "nats")
         text += f"; held-out PF-ODE NLL {results['pf_ode'][key]:.3f} {unit}"

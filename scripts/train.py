@@ -1,9 +1,11 @@
 """Train a diffusion model, checkpoint it, and evaluate it at the end.
 
-    python scripts/train.py                                   # eight Gaussians, VP SDE, MLP
+    python scripts/train.py                                   # eight Gaussians, EDM, MLP
     python scripts/train.py --config digits                   # 8x8 digits, U-Net, conditional
     python scripts/train.py --config digits --steps 6000 --lr_decay_steps 6000 --workdir outputs/d6k
-    python scripts/train.py --dataset two_moons --process ve --prediction score --workdir outputs/ve
+    python scripts/train.py --dataset two_moons --process vp --loss dsm --workdir outputs/dsm
+    python scripts/train.py --process ve --loss dsm --prediction score --workdir outputs/ve
+    python scripts/train.py --process rectified_flow --loss flow_matching --workdir outputs/fm
     python scripts/train.py --workdir outputs/eight_gaussians --steps 6000 --resume
     python scripts/train.py --help                            # every option with its default
 
@@ -254,10 +256,15 @@ def train_and_evaluate(
     _prepare_workdir(config, workdir, resume, overwrite)
     ds = run.dataset
     size = sum(np.size(p) for p in jax.tree.leaves(run.init_params))
-    weighting = f", {common.dsm_weighting(config)} weighting" if config.loss == "dsm" else ""
+    detail = {
+        "dsm": f", {common.dsm_weighting(config)} weighting",
+        "flow_matching": f", {config.time_sampling} times",
+        "edm": f", sigma_data {config.sigma_data:g}",
+    }.get(config.loss, "")
+    kind = common.model_prediction(config)
     print(
         f"{config.dataset}: {ds.x_train.shape[0]} train / {ds.x_heldout.shape[0]} held-out "
-        f"{ds.event_shape}; {config.process} {config.loss} ({config.prediction}{weighting}); "
+        f"{ds.event_shape}; {config.process} {config.loss} ({kind}{detail}); "
         f"{config.model} {size / 1e6:.2f}M params; {jax.device_count()} device(s)"
     )
     start = time.perf_counter()
