@@ -29,7 +29,7 @@ _CHECK_KERNEL = (
 
 
 def test_notebooks_found():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_"]
 
 
 # The second half runs from test_notebooks_late.py, so that pytest-xdist (--dist loadfile) puts
