@@ -34,7 +34,7 @@ def test_notebooks_found():
 
 # The second half runs from test_notebooks_late.py, so that pytest-xdist (--dist loadfile) puts
 # the two halves on different workers.
-FIRST_HALF = NOTEBOOKS[:3]
+FIRST_HALF = NOTEBOOKS[:4]
 
 
 @pytest.mark.parametrize("path", FIRST_HALF, ids=[p.stem for p in FIRST_HALF])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_notebooks import NOTEBOOKS, execute
 
-SECOND_HALF = NOTEBOOKS[3:]
+SECOND_HALF = NOTEBOOKS[4:]
 
 
 @pytest.mark.parametrize("path", SECOND_HALF, ids=[p.stem for p in SECOND_HALF])
