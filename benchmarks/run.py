@@ -1,7 +1,7 @@
 """Entry point of `make bench`: run the benchmark groups and write `benchmarks/RESULTS.md`.
 
     python -m benchmarks.run [--quick] [--only overhead,peers,quality,likelihood] [--out PATH]
-                             [--match REGEX]
+                             [--match REGEX] [--repeats N]
 
 `--quick` uses tiny sizes to check the code paths (its numbers mean nothing); `--match` keeps
 the overhead rows whose name matches (to re-measure a few); section 5b (training recipes,
@@ -97,9 +97,12 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups")
     parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"))
     parser.add_argument("--match", default="", help="only the rows whose name has this regex")
+    parser.add_argument("--repeats", type=int, default=None, help="steady-state runs per timing")
     args = parser.parse_args()
     cfg = config.quick() if args.quick else config.full()
     cfg = dataclasses.replace(cfg, match=args.match)
+    if args.repeats is not None:
+        cfg = dataclasses.replace(cfg, repeats=args.repeats)
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = set(groups) - set(GROUPS)
     if unknown:

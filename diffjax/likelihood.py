@@ -43,6 +43,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import (
+    abstract_output,
     as_float_array,
     check_choice,
     check_key,
@@ -255,7 +256,7 @@ def _check_likelihood_model(model, x, args, process) -> tuple[Model, jnp.dtype]:
         )
     t_batch = jax.ShapeDtypeStruct(x.shape[:1], x.dtype)
     try:
-        out = jax.eval_shape(lambda x, t, *a: model(x, t, *a), x, t_batch, *args)
+        out = abstract_output(model, x, t_batch, *args)
     except Exception as err:  # noqa: BLE001 -- report which argument failed, keep the cause
         raise ValueError(
             f"`model` could not be called as model(x {x.shape}, t [{x.shape[0]}], *args): {err}"

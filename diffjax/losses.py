@@ -28,6 +28,7 @@ from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import (
     LOG_2PI,
+    abstract_output,
     as_float_array,
     check_callable,
     check_choice,
@@ -521,7 +522,7 @@ def ddpm_vlb(
     chunk_size = check_positive_int(chunk_size, "chunk_size")
 
     t_shape = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    out = jax.eval_shape(lambda x, t: model(x, t), x0, t_shape)
+    out = abstract_output(model, x0, t_shape)
     if not hasattr(out, "shape") or out.shape != x0.shape:
         raise ValueError(
             f"`model` must return an array of the shape of x0 {x0.shape}, "

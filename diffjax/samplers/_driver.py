@@ -15,7 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from diffjax._checks import check_choice, check_key, check_knob, check_shape, is_concrete
+from diffjax._checks import (
+    abstract_output,
+    check_choice,
+    check_key,
+    check_knob,
+    check_shape,
+    is_concrete,
+)
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
 
@@ -84,7 +91,7 @@ def check_model(model, shape: tuple[int, ...], *, continuous: bool, process=None
             f"{type(model.process).__name__} (use the continuous samplers)."
         )
     t_dtype = jnp.result_type(float) if continuous else jnp.int32
-    out = _state_map_output("model", lambda x, t: model(x, t), shape, (shape[:1], t_dtype))
+    out = _state_map_output("model", model, shape, (shape[:1], t_dtype))
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"`model` must return a real floating array, got dtype {out.dtype}.")
     return model
@@ -131,13 +138,10 @@ def check_projection(projection, key, shape: tuple[int, ...], t_dtype) -> None:
 
 
 def _state_map_output(name: str, fn, shape: tuple[int, ...], t_spec):
-    """The abstract output of `fn(x [shape], t [t_spec])`, which must have the state's shape.
-
-    `fn` is a closure so that `eval_shape` never formats a model's arrays (slow for big ones).
-    """
+    """The abstract output of `fn(x [shape], t [t_spec])`, which must have the state's shape."""
     x = jax.ShapeDtypeStruct(shape, jnp.result_type(float))
     try:
-        out = jax.eval_shape(fn, x, jax.ShapeDtypeStruct(*t_spec))
+        out = abstract_output(fn, x, jax.ShapeDtypeStruct(*t_spec))
     except Exception as err:  # the function's own error, re-raised naming the argument
         raise ValueError(
             f"`{name}` could not be evaluated on x of shape {shape} and t of shape "
