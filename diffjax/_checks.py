@@ -8,7 +8,6 @@ only known under `jit` are checked with `eqx.error_if` where they are used.
 from __future__ import annotations
 
 import math
-import weakref
 
 import equinox as eqx
 import jax
@@ -215,28 +214,20 @@ def check_times(process, t_eps, t_max) -> tuple[Array, Array]:
     return t_eps, t_max
 
 
-def _leaf_key(v):
-    if isinstance(v, (jax.Array, np.ndarray, np.generic)):
-        return jax.typeof(v)
-    if callable(v):
-        try:
-            return weakref.ref(v)
-        except TypeError:
-            pass
-    return v
-
-
 _OUTPUTS: dict = {}  # abstract outputs of checked functions, by structure and leaf types
 _MAX_OUTPUTS = 256
 
 
-def abstract_output(fn, *specs: jax.ShapeDtypeStruct):
-    """`jax.eval_shape(fn, *specs)`, cached by `fn`'s pytree structure and its leaves' types.
+def abstract_output(fn, *args):
+    """`jax.eval_shape(fn, *args)` for arrays or `ShapeDtypeStruct`s `args`, cached by their
+    shapes and dtypes and by `fn`'s pytree structure and its leaves' types.
 
     The output's type depends only on those, so a sampler called again with the same model and
-    shapes does not trace the network again (a U-Net's trace took ~100 ms per public call). `fn`
-    is called in a closure, so `eval_shape` never formats a model's arrays.
+    shapes does not trace the network again (a U-Net's trace took ~100 ms per public call).
+    Non-array leaves (functions) are part of the key as they are, as in the samplers' jit caches.
+    `fn` is called in a closure, so `eval_shape` never formats a model's arrays.
     """
+    specs = tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)) for a in args)
     leaves, treedef = jax.tree.flatten(fn)
     types = tuple(
         jax.typeof(v) if isinstance(v, (jax.Array, np.ndarray, np.generic)) else v for v in leaves

@@ -116,7 +116,9 @@ def test_conformance(name, mix2d):
         second = len(traces) - first
         run(keys[0], problem, **{k: 2 * v for k, v in KNOBS[name].items()})
         third = len(traces) - first - second
-        assert second == third < first, (first, second, third)  # only the eager shape check
+        # The model's output check is cached (by structure and types): a call with only a new
+        # knob value traces the model neither in the check nor in the solve.
+        assert second == third == 0 < first, (first, second, third)
         assert not np.allclose(x1, single[0])
 
 
