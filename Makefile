@@ -2,8 +2,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.installed-notebooks
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint docs lab demo bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +22,16 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+$(LAB_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[notebooks]"
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab notebooks/
+
 demo: $(STAMP)
 	$(BIN)/python scripts/train.py --config demo --workdir outputs/demo --overwrite --figure outputs/demo.png
 
@@ -30,4 +41,4 @@ bench:
 	benchmarks/.venv-bench/bin/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs site .pytest_cache

@@ -36,7 +36,8 @@ from diffjax._typing import Scalar, Values
 
 __all__ = ["NORMS", "annealed", "langevin_corrector", "ula"]
 
-NORMS = ("example", "batch")  # how `langevin_corrector` takes the norms in its step-size rule
+NORMS = ("example", "batch")
+"""The `norm` choices of `langevin_corrector`: per-example or batch-mean norms in its step size."""
 
 
 # ---------------------------------------------------------------- shared argument checks

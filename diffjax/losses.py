@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 WEIGHTINGS = ("simple", "likelihood", "snr", "min_snr")
+"""The `weighting` choices of `dsm` over time (see `dsm`)."""
 
 # Grid size of the tabulated inverse CDF used for importance-sampled times.
 _IS_GRID = 2048
@@ -296,6 +297,7 @@ def dsm(
 
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
+"""The `time_sampling` choices of `flow_matching`: how the training times are drawn."""
 
 
 def _flow_times(key, batch: int, dtype, t_eps, T, sampling: str, mean, std) -> Array:

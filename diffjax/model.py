@@ -41,6 +41,7 @@ from diffjax.schedules import DiscreteSchedule
 __all__ = ["PREDICTIONS", "EDMDenoiser", "Model", "edm_model", "path_coefficients"]
 
 PREDICTIONS = ("eps", "x0", "score", "v", "velocity")
+"""The prediction kinds a `Model` knows: what its network outputs."""
 
 
 def to_x0_eps(prediction: str, out: Array, x: Array, a, s, da=None, ds=None) -> tuple[Array, Array]:
