@@ -2,8 +2,9 @@
 
 The core is one Gaussian path `x_t = alpha(t) x_0 + sigma(t) eps` (`processes`: VP, sub-VP, VE,
 EDM, rectified flow, cosine; `schedules`: the discrete DDPM chain) and a `Model` that knows what
-its network predicts. Topical modules follow the lecture notes. `nets` (Flax) and `training`
-(Optax, Orbax) are imported on first use, so `import diffjax` loads neither Flax nor Orbax.
+its network predicts. Topical modules follow the lecture notes. `nets` (Flax), `training`
+(Optax, Orbax) and `pretrained` (`save_pretrained`, `load`) are imported on first use, so
+`import diffjax` loads neither Flax nor Orbax.
 """
 
 import importlib
@@ -36,7 +37,8 @@ from diffjax.schedules import DiscreteSchedule
 
 __version__ = "0.1.0"
 
-_LAZY = ("nets", "training")
+_LAZY = ("nets", "pretrained", "training")
+_LAZY_NAMES = {"load": "pretrained", "save_pretrained": "pretrained"}
 
 
 def __getattr__(name):
@@ -44,6 +46,10 @@ def __getattr__(name):
         module = importlib.import_module(f"diffjax.{name}")
         globals()[name] = module
         return module
+    if name in _LAZY_NAMES:
+        value = getattr(__getattr__(_LAZY_NAMES[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
 
 
@@ -72,13 +78,16 @@ __all__ = [
     "inpainting_projection",
     "langevin",
     "likelihood",
+    "load",
     "losses",
     "metrics",
     "nets",
+    "pretrained",
     "processes",
     "q_posterior",
     "q_sample",
     "samplers",
+    "save_pretrained",
     "schedules",
     "training",
 ]

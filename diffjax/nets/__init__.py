@@ -12,6 +12,7 @@ from typing import Any
 from flax import nnx
 
 from diffjax.nets.classifier import Classifier
+from diffjax.nets.config import records_config
 from diffjax.nets.embeddings import (
     FixedFrequencies,
     GaussianFourierEmbedding,
@@ -36,6 +37,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "TimeLabelEmbedding",
     "FixedFrequencies",
+    "records_config",
     "sinusoidal_embedding",
     "split",
 ]

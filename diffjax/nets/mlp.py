@@ -10,6 +10,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import check_positive_int
+from diffjax.nets.config import records_config
 from diffjax.nets.embeddings import TimeLabelEmbedding
 
 
@@ -32,6 +33,7 @@ def check_input(x: ArrayLike, event_shape: tuple[int, ...], name: str = "x") -> 
     return x
 
 
+@records_config
 class MLP(nnx.Module):
     r"""Noise-prediction / score network for vectors: `(x [B, dim], t [B], y [B] | None) -> [B, dim]`.
 

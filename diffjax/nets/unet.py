@@ -10,6 +10,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import check_positive_int
+from diffjax.nets.config import records_config
 from diffjax.nets.embeddings import TimeLabelEmbedding
 from diffjax.nets.mlp import check_hidden
 
@@ -82,6 +83,7 @@ class Block(nnx.Module):
         return x if self.attn is None else self.attn(x)
 
 
+@records_config
 class UNet(nnx.Module):
     r"""DDPM-style U-Net on NHWC images: `(x [B, H, W, C], t [B], y [B] | None) -> [B, H, W, C]`.
 
