@@ -42,9 +42,11 @@ from flax import nnx
 
 import diffjax as dj
 from diffjax import data, guidance, likelihood, losses, nets, samplers, training
+from diffjax.pretrained import TimeScale
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
 TOY_SETS = {
     "eight_gaussians": data.eight_gaussians,
     "two_moons": data.two_moons,
@@ -260,7 +262,7 @@ def check_config(config: Config, dataset: Dataset) -> None:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(config, name)}.")
-    for name in ("lr_decay_steps", "eval_vlb_points"):
+    for name in ("lr_decay_steps", "eval_vlb_points", "sample_every"):
         if getattr(config, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(config, name)}.")
     if config.eval_guidance < 0:
@@ -269,8 +271,8 @@ def check_config(config: Config, dataset: Dataset) -> None:
         raise UsageError("--ema_decay must lie in [0, 1) and --label_dropout in [0, 1].")
 
 
-def make_network(config: Config, dataset: Dataset, process):
-    """`(apply, params)` of the network (`diffjax.nets`), initialised from `seed`."""
+def make_network(config: Config, dataset: Dataset, process) -> nnx.Module:
+    """The network (a `diffjax.nets` module), initialised from `seed`."""
     time_scale = default_time_scale(config, process)
     num_classes = dataset.num_classes if config.conditional else None
     rngs = nnx.Rngs(config.seed)
@@ -295,19 +297,23 @@ def make_network(config: Config, dataset: Dataset, process):
             )
     except (TypeError, ValueError) as err:
         raise UsageError(f"invalid model options: {err}") from err
-    return nets.split(net)
+    return net
+
+
+def learning_rate(config: Config) -> optax.Schedule:
+    """Linear warm-up, then a constant learning rate or (`lr_decay_steps > 0`) a cosine decay
+    to 0 at step `lr_decay_steps`: the rate of the update after `k` updates."""
+    warmup = max(config.warmup_steps, 1)
+    if config.lr_decay_steps > 0:
+        return optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, warmup, max(config.lr_decay_steps, warmup + 1)
+        )
+    return optax.linear_schedule(0.0, config.lr, warmup)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """Linear warm-up, then a constant learning rate or (`lr_decay_steps > 0`) a cosine decay
-    to 0 at step `lr_decay_steps`; Adam or AdamW; optional global-norm clipping."""
-    warmup = max(config.warmup_steps, 1)
-    if config.lr_decay_steps > 0:
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, config.lr, warmup, max(config.lr_decay_steps, warmup + 1)
-        )
-    else:
-        lr = optax.linear_schedule(0.0, config.lr, warmup)
+    """Adam or AdamW at `learning_rate(config)`; optional global-norm clipping."""
+    lr = learning_rate(config)
     if config.optimizer == "adam":
         opt = optax.adam(lr)
     else:
@@ -401,15 +407,6 @@ def make_loss_fn(config: Config, dataset: Dataset, apply, process):
 # ----------------------------------------------------------------------------- the run
 
 
-class TimeScale(eqx.Module):
-    """`t -> factor * t`: a view's time in the network's (native) time, a `dj.Model` time map."""
-
-    factor: float = eqx.field(static=True)
-
-    def __call__(self, t):
-        return self.factor * t
-
-
 class WithLabels(eqx.Module):
     """`model(x, t, labels)` with the labels (a scalar or `[B]`) bound: `fn(x, t)`."""
 
@@ -422,10 +419,14 @@ class WithLabels(eqx.Module):
 
 @dataclasses.dataclass
 class Run:
-    """Everything built from a config: data, network, optimiser, process and its views."""
+    """Everything built from a config: data, network, optimiser, process and its views.
+
+    `network` is the `diffjax.nets` module (for `dj.save_pretrained`), `apply, init_params`
+    its `nets.split`."""
 
     config: Config
     dataset: Dataset
+    network: nnx.Module
     apply: Any
     init_params: Any
     optimizer: Any
@@ -442,15 +443,13 @@ class Run:
             self.init_params, self.optimizer, ema_decay=self.ema_decay
         )
 
-    def model(self, params, *, discrete: bool = False, label=None, weight: float = 0.0) -> dj.Model:
+    def network_model(self, params, *, discrete: bool = False) -> dj.Model:
         """The network with `params` as a `dj.Model` on the continuous view `self.sde` or,
-        with `discrete`, on the discrete view `self.schedule` (see the module docstring).
+        with `discrete`, on the discrete view `self.schedule` (see the module docstring);
+        a conditional network's model takes the labels, `model(x, t, labels)`.
 
         An edm run's network takes `(x_in, c_noise[, labels])`: its model is the x0 denoiser
         `dj.edm_model` builds (on the discrete view: the same denoiser called at `t = i T / N`).
-        Conditional models get `label` (an int, `[B]` labels, or `None` for the null label)
-        and, with `weight > 0`, classifier-free guidance of that weight (`dj.classifier_free`);
-        the result takes `(x, t)` only.
         """
         process = self.schedule if discrete else self.sde
         if process is None:
@@ -470,12 +469,19 @@ class Run:
         else:
             prediction = model_prediction(self.config)
             model = dj.Model(self.apply, process, prediction, params=params, time_map=time_map)
+        return model
+
+    def model(self, params, *, discrete: bool = False, label=None, weight: float = 0.0) -> dj.Model:
+        """`network_model(params, discrete=discrete)` taking `(x, t)` only: conditional models
+        get `label` (an int, `[B]` labels, or `None` for the null label) and, with
+        `weight > 0`, classifier-free guidance of that weight (`dj.classifier_free`)."""
+        model = self.network_model(params, discrete=discrete)
         if not self.config.conditional:
             return model
         if label is None or (isinstance(weight, (int, float)) and weight == 0):
             labels = self.dataset.num_classes if label is None else label
             return dj.Model(
-                WithLabels(model, jnp.asarray(labels, jnp.int32)), process, model.prediction
+                WithLabels(model, jnp.asarray(labels, jnp.int32)), model.process, model.prediction
             )
         return dj.classifier_free(model, label, self.dataset.num_classes, weight)
 
@@ -486,7 +492,8 @@ def build(config: Config) -> Run:
     dataset = load_data(config)
     check_config(config, dataset)
     process = make_process(config)
-    apply, params = make_network(config, dataset, process)
+    network = make_network(config, dataset, process)
+    apply, params = nets.split(network)
     sde = schedule = None
     if isinstance(process, dj.AbstractProcess):
         sde = process
@@ -497,7 +504,8 @@ def build(config: Config) -> Run:
         schedule = process
         if config.process == "linear":
             sde = dj.VPSDE.from_ddpm(config.num_timesteps, config.beta_start, config.beta_end)
-    return Run(config, dataset, apply, params, make_optimizer(config), process, sde, schedule)
+    optimizer = make_optimizer(config)
+    return Run(config, dataset, network, apply, params, optimizer, process, sde, schedule)
 
 
 def read_config(workdir: str) -> Config:
@@ -529,6 +537,14 @@ def restore(run: Run, workdir: str, like=None) -> tuple[int, training.TrainState
                 print(f"warning: {w.message}", file=sys.stderr)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def save_model(run: Run, params, path: str) -> str:
+    """`dj.save_pretrained` of the run's network with `params` to `path`: the model on the
+    continuous view (the discrete one for cosine-schedule models), before labels are bound;
+    `dj.load(path)` gives it back."""
+    model = run.network_model(params, discrete=run.sde is None)
+    return dj.save_pretrained(path, model, run.network)
 
 
 def params_kind(run: Run, use_ema: bool = True) -> str:
@@ -603,25 +619,22 @@ def labels_for(run: Run, label: str, num: int):
     return jnp.full((num,), value, jnp.int32)
 
 
-def sample(
+def make_sampler(
     run: Run,
-    params,
     sampler: str,
-    key,
     num: int,
     *,
     num_steps: int = 0,
-    labels=None,
     weight: float = 0.0,
     t_eps: float = 1e-3,
     trajectory_times=None,
 ):
-    """`(samples [num, *event], info)` from one compiled call of a `diffjax.samplers` sampler.
+    """A jitted `draw(params, key, labels) -> (samples [num, *event], SamplerInfo)` of a
+    `diffjax.samplers` sampler, compiled once for every call with the same shapes.
 
-    `info` is a dict of the sampler's `SamplerInfo` fields (`nfe`, `num_steps`, ...) and `time`
-    (seconds, compilation excluded); `trajectory_times` also returns `info["trajectory"]` (see
-    `diffjax.samplers`). ddim runs on the discrete view when the model has one, else on the
-    continuous view (log-SNR grid from the process' `t_max` to `t_eps`).
+    `trajectory_times` also returns `info.trajectory` (see `diffjax.samplers`). ddim runs on
+    the discrete view when the model has one, else on the continuous view (log-SNR grid from
+    the process' `t_max` to `t_eps`).
     """
     check_sampler(run, sampler)
     shape = (num, *run.dataset.event_shape)
@@ -663,6 +676,14 @@ def sample(
             save_times=save,
         )
 
+    return draw
+
+
+def sample(run: Run, params, sampler: str, key, num: int, *, labels=None, **options):
+    """`(samples [num, *event], info)` from one compiled call of `make_sampler(run, sampler,
+    num, **options)`; `info` is a dict of the `SamplerInfo` fields (`nfe`, `num_steps`, ...)
+    and `time` (seconds, compilation excluded)."""
+    draw = make_sampler(run, sampler, num, **options)
     compiled = draw.lower(params, key, labels).compile()
     start = time.perf_counter()
     x, info = jax.block_until_ready(compiled(params, key, labels))

@@ -136,6 +136,15 @@ class Config:
     log_every: int = opt(100, "progress-bar update interval (steps)", resume_free=True)
     checkpoint_every: int = opt(1000, "checkpoint interval (steps)", resume_free=True)
     keep_checkpoints: int = opt(3, "checkpoints kept", resume_free=True)
+    sample_every: int = opt(
+        0, "sample figure samples/step_N.png (and TensorBoard) every N steps (0: off)",
+        resume_free=True,
+    )
+    ema: bool = opt(
+        True,
+        "evaluate, sample and save (model/) the EMA parameters; --no-ema: the raw ones",
+        resume_free=True,
+    )
     # evaluation at the end of training (scripts/evaluate.py runs it on its own)
     eval_samplers: str = opt(
         "reverse_sde,ode", "comma-separated samplers to evaluate ('' to skip)", resume_free=True
@@ -200,6 +209,7 @@ PRESETS: dict[str, dict] = {
         "hidden": (128, 128, 128),
         "steps": 3000,
         "log_every": 250,
+        "sample_every": 1000,
         "eval_samplers": "reverse_sde,ode,dpm_solver",
         "eval_nll_points": 2000,
     },

@@ -108,3 +108,11 @@ def image_panels(
             fig.suptitle(suptitle, fontsize=11)
         fig.tight_layout()
         return _save(fig, path)
+
+
+def samples_figure(path: str, title: str, x: np.ndarray, data: np.ndarray | None = None) -> str:
+    """One panel of samples: a scatter over `data` for 2-D `x [N, 2]`, else an image grid of
+    the first 100 images `x [N, H, W, C]`."""
+    if x.ndim == 2:
+        return scatter_panels(path, data, [(title, x)])
+    return image_panels(path, [(title, x[:100])])

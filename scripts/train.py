@@ -9,8 +9,13 @@
     python scripts/train.py --workdir outputs/eight_gaussians --steps 6000 --resume
     python scripts/train.py --help                            # every option with its default
 
-The run directory holds `config.json` and `checkpoints/<step>/` (Orbax, each with a sha256 of
-its arrays). `--resume` continues from the newest checkpoint that verifies (newer ones that
+The run directory holds `config.json`, `checkpoints/<step>/` (Orbax, each with a sha256 of
+its arrays), the trained model `model/` (`dj.save_pretrained` of the EMA parameters, or the raw
+ones with `--no-ema`; `dj.load("<workdir>/model")` gives a `dj.Model` to sample from), written
+at the end and on Ctrl-C, and the training logs: `metrics.jsonl` (one JSON object per logged
+step: `step`, `loss`, `lr`, `wall_time`), TensorBoard event files in `tensorboard/`
+(`tensorboard --logdir <workdir>/tensorboard`) and, with `--sample_every N`, a sample figure
+`samples/step_<N>.png` every N steps. `--resume` continues from the newest checkpoint that verifies (newer ones that
 fail are reported and set aside as `<step>.unverified`) with the stored configuration;
 options given on the command line must agree with it, except `--steps`, the logging,
 checkpoint and evaluation options (a mismatch is refused with exit code 2). A resumed run
@@ -23,6 +28,7 @@ are used through a data-parallel mesh; `--distributed` initialises multi-host JA
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import shutil
@@ -36,7 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import evaluate  # noqa: E402
 import jax  # noqa: E402
+import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
+import plots  # noqa: E402
 from configs import (  # noqa: E402
     Config,
     UsageError,
@@ -46,9 +54,14 @@ from configs import (  # noqa: E402
     resumed_config,
     run_main,
 )
+from tensorboardX import SummaryWriter  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from diffjax import data, training  # noqa: E402
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+SAMPLES_DIR = "samples"
 
 
 class Interrupted(Exception):
@@ -169,6 +182,86 @@ class _LossWindows:
         return m1 < m0 - 2.0 * math.hypot(s0, s1)
 
 
+class _Logs:
+    """The training logs of a session that starts at step `start`.
+
+    `metrics.jsonl`: one JSON object per logged step, `step`, `loss` (the mean over the steps
+    since the previous row; `null` when every one was skipped as non-finite), `lr` (the
+    learning rate of the step's update) and `wall_time` (Unix seconds). Rows after `start`,
+    left by a session that got further than the checkpoint this one resumes from, are
+    dropped first, so the file never repeats a step. TensorBoard: scalars `train/loss`,
+    `train/lr` and images `samples` in `tensorboard/`; a fresh run empties it, a resumed one
+    purges the events after `start` (`purge_step`). `active=False` (processes other than 0)
+    writes nothing.
+    """
+
+    def __init__(self, workdir: str, start: int, active: bool = True):
+        self.active = active
+        if not active:
+            return
+        path = os.path.join(workdir, METRICS_FILE)
+        kept = []
+        if start and os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a crash
+                        continue
+                    if row["step"] <= start:
+                        kept.append(json.dumps(row) + "\n")
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+        board = os.path.join(workdir, TENSORBOARD_DIR)
+        if not start:
+            shutil.rmtree(board, ignore_errors=True)
+        self.writer = SummaryWriter(board, purge_step=start or None)
+        self.file = open(path, "a")
+
+    def scalars(self, step: int, loss: float, lr: float) -> None:
+        if not self.active:
+            return
+        now = time.time()
+        finite = loss if math.isfinite(loss) else None
+        self.file.write(json.dumps({"step": step, "loss": finite, "lr": lr, "wall_time": now}))
+        self.file.write("\n")
+        self.file.flush()
+        self.writer.add_scalar("train/loss", loss, step, walltime=now)
+        self.writer.add_scalar("train/lr", lr, step, walltime=now)
+
+    def image(self, step: int, path: str) -> None:
+        if self.active:
+            image = matplotlib.image.imread(path)[..., :3]
+            self.writer.add_image("samples", image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.active:
+            self.file.close()
+            self.writer.close()
+
+
+class _SampleFigures:
+    """`samples/step_<N>.png` every `sample_every` steps: DPM-Solver (DDIM for models without
+    a continuous view) from the same noise each time, 2000 points over the held-out data or
+    64 images (all classes in turn, guidance `eval_guidance`), compiled once."""
+
+    def __init__(self, run: common.Run, workdir: str):
+        ds, config = run.dataset, run.config
+        self.run, self.directory = run, os.path.join(workdir, SAMPLES_DIR)
+        self.sampler = "dpm_solver" if run.sde is not None else "ddim"
+        num = 64 if ds.is_image else 2000
+        self.draw = common.make_sampler(run, self.sampler, num, weight=config.eval_guidance)
+        self.labels = common.labels_for(run, "all", num)
+        self.key = jax.random.fold_in(jax.random.key(config.seed), 3)
+
+    def __call__(self, params, step: int) -> str:
+        x, info = self.draw(params, self.key, self.labels)
+        title = f"step {step}: {self.sampler}, NFE {int(info.nfe)}"
+        path = os.path.join(self.directory, f"step_{step:06d}.png")
+        return plots.samples_figure(path, title, np.asarray(x), self.run.dataset.x_heldout)
+
+
 def _set_aside_newer(directory: str, step: int) -> None:
     """Rename the checkpoints newer than the resumed `step` (they failed verification) to
     `<step>.unverified`, so this run saves those steps afresh."""
@@ -184,8 +277,10 @@ def _set_aside_newer(directory: str, step: int) -> None:
 
 def train(run: common.Run, workdir: str, resume: bool) -> tuple[training.TrainState, dict]:
     """Train up to `run.config.steps` steps (from the newest verified checkpoint with
-    `resume`); returns the state and this session's summary (`start`, `steps`, the first and
-    last window losses, whether the loss fell)."""
+    `resume`), writing the logs (`_Logs`, `_SampleFigures`) and, at the end or on Ctrl-C, the
+    model `<workdir>/model` (`common.save_model`; single-process runs); returns the state
+    and this session's summary (`start`, `steps`, the first and last window losses, whether
+    the loss fell)."""
     config = run.config
     mesh = training.make_mesh()
     state = training.replicate(run.initial_state(), mesh)
@@ -206,6 +301,10 @@ def train(run: common.Run, workdir: str, resume: bool) -> tuple[training.TrainSt
     ckpt = training.Checkpointer(
         directory, save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
     )
+    single = jax.process_count() == 1
+    logs = _Logs(workdir, start, active=jax.process_index() == 0)
+    figures = _SampleFigures(run, workdir) if config.sample_every and single else None
+    lr = common.learning_rate(config)
     bar = tqdm(total=config.steps, initial=start, unit="step", desc="train", smoothing=0.1)
     with ckpt, _StopRequest() as stop:
         try:
@@ -217,15 +316,26 @@ def train(run: common.Run, workdir: str, resume: bool) -> tuple[training.TrainSt
                 nonfinite = nonfinite + metrics["nonfinite"]
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.steps:
-                    postfix = {"loss": f"{losses.close_window():.4f}"}
+                    loss = losses.close_window()
+                    postfix = {"loss": f"{loss:.4f}"}
                     if int(nonfinite):
                         postfix["skipped"] = int(nonfinite)
                     bar.set_postfix(postfix)
+                    logs.scalars(step, loss, float(str(lr(max(int(state.step) - 1, 0)))))
+                if figures is not None and step % config.sample_every == 0:
+                    logs.image(step, figures(common.eval_params(run, state, config.ema), step))
                 if step % config.checkpoint_every == 0:
                     ckpt.save(state, step)
             _save_final(ckpt, state, step)
+            saved = None
+            if single:
+                params = common.eval_params(run, state, config.ema)
+                saved = common.save_model(run, params, os.path.join(workdir, common.MODEL_DIR))
         finally:
             bar.close()
+            logs.close()
+    if saved:
+        print(f"model ({common.params_kind(run, config.ema)} parameters of step {step}): {saved}")
     if stop.requested:
         raise Interrupted(
             f"interrupted at step {step}: checkpoint saved in {workdir}; continue with --resume."
@@ -278,8 +388,8 @@ def train_and_evaluate(
         )
     if not samplers and not config.eval_nll and not config.eval_vlb_points:
         return {}
-    print(f"evaluating the {common.params_kind(run)} parameters")
-    params = common.eval_params(run, state)
+    print(f"evaluating the {common.params_kind(run, config.ema)} parameters")
+    params = common.eval_params(run, state, config.ema)
     return evaluate.evaluate(
         run,
         params,
