@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorboardX.proto import event_pb2
 
 import diffjax as dj
 from diffjax import training
@@ -37,6 +39,24 @@ TINY = [
     "--embed_dim", "16", "--log_every", "10", "--checkpoint_every", "10", "--warmup_steps", "5",
 ]  # fmt: skip
 NO_EVAL = ["--eval_samplers", "", "--no-eval_nll"]
+
+
+def _events(directory: str) -> list:
+    """Every TensorBoard `Event` in `directory`'s event files, parsed from the TFRecord format
+    (u64 length, u32 its CRC, the record, u32 its CRC)."""
+    events = []
+    for name in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        raw, i = open(name, "rb").read(), 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i : i + 8])
+            events.append(event_pb2.Event.FromString(raw[i + 12 : i + 12 + n]))
+            i += 12 + n + 4
+    return events
+
+
+def _metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def _stderr_line(capsys) -> str:
@@ -149,11 +169,11 @@ def test_model_views_match_exact_eps():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A conditional two-class eps-DSM run on VP: 40 steps, evaluated with DPM-Solver and the
-    PF-ODE NLL."""
+    """A conditional two-class eps-DSM run on VP: 40 steps, a sample figure every 20,
+    evaluated with DPM-Solver and the PF-ODE NLL."""
     workdir = str(tmp_path_factory.mktemp("two_class"))
     argv = ["--config", "two_class", "--process", "vp", "--loss", "dsm"]  # has a DDPM bound
-    argv += ["--workdir", workdir, "--steps", "40", *TINY]
+    argv += ["--workdir", workdir, "--steps", "40", "--sample_every", "20", *TINY]
     argv += ["--eval_samplers", "dpm_solver", "--eval_samples", "300"]
     argv += ["--eval_nll_points", "64", "--figure", os.path.join(workdir, "fig.png")]
     assert train.main(argv) == 0
@@ -168,6 +188,38 @@ def test_train_writes_config_checkpoints_figure(trained):
     with training.Checkpointer(os.path.join(trained, "checkpoints"), create=False) as ckpt:
         assert ckpt.all_steps() == [20, 30, 40]  # keep_checkpoints = 3
     assert os.path.getsize(os.path.join(trained, "fig.png")) > 10_000
+
+
+def test_train_writes_logs(trained):
+    """metrics.jsonl: one row per logged step, falling loss, the warmed-up learning rate;
+    the TensorBoard event file holds the same losses and the sample figures' images."""
+    rows = _metrics(trained)
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    assert rows[-1]["loss"] < rows[0]["loss"] and all(r["lr"] == 1e-3 for r in rows)
+    assert all(a["wall_time"] <= b["wall_time"] for a, b in zip(rows, rows[1:], strict=False))
+    (board,) = glob.glob(os.path.join(trained, "tensorboard"))
+    values = [(e.step, v) for e in _events(board) for v in e.summary.value]
+    losses = [(step, v.simple_value) for step, v in values if v.tag == "train/loss"]
+    assert losses == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows]
+    assert [step for step, v in values if v.tag == "samples" and v.image.height] == [20, 40]
+    for step in (20, 40):
+        assert os.path.getsize(os.path.join(trained, "samples", f"step_{step:06d}.png")) > 5_000
+
+
+def test_trained_model_loads_and_samples_as_the_run(trained):
+    """`dj.load(<workdir>/model)` is the run's model with its EMA parameters: the same
+    parameters, and guided DPM-Solver samples equal to those of `Run.model`, bit for bit."""
+    run, params, _ = common.load_run(trained)
+    path = os.path.join(trained, "model")
+    model = dj.load(path)
+    for u, v in zip(jax.tree.leaves(model.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(u, v)
+    labels = common.labels_for(run, "all", 64)
+    null = dj.pretrained.read_config(path)["num_classes"]
+    guided = dj.classifier_free(model, labels, null_label=null, weight=2.0)
+    own = run.model(params, label=labels, weight=2.0)
+    x, y = (dj.samplers.dpm_solver(jax.random.key(5), m, (64, 2))[0] for m in (guided, own))
+    np.testing.assert_array_equal(x, y)
 
 
 def test_sample_with_guidance(trained, tmp_path, capsys):
@@ -291,7 +343,11 @@ class _Bar:
 def test_resume_refuses_mismatch(tmp_path, capsys):
     a = str(tmp_path / "a")
     base = [*TINY, *NO_EVAL]
-    assert train.main(["--workdir", a, "--steps", "10", *base]) == 0
+    assert train.main(["--workdir", a, "--steps", "10", "--no-ema", *base]) == 0
+    raw = _final_state(a).params  # --no-ema: model/ holds the raw parameters
+    saved = dj.load(os.path.join(a, "model")).params
+    for u, v in zip(jax.tree.leaves(saved), jax.tree.leaves(raw), strict=True):
+        np.testing.assert_array_equal(u, v)
     capsys.readouterr()
     assert train.main(["--workdir", a, "--steps", "60", "--resume", "--lr", "0.01"]) == 2
     assert "lr: 0.001 -> 0.01" in _stderr_line(capsys)
@@ -440,7 +496,9 @@ def test_nan_data_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
 
 def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
     """Flip a byte of the newest checkpoint's largest data file: `--resume` warns, resumes
-    from the previous verified checkpoint, and still ends bit-identical to a straight run."""
+    from the previous verified checkpoint, and still ends bit-identical to a straight run:
+    the same state, saved model and metrics.jsonl (whose step-20 row, written before the
+    fall-back, is not repeated)."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     base = [*TINY, *NO_EVAL]
     assert train.main(["--workdir", a, "--steps", "20", *base]) == 0
@@ -455,6 +513,12 @@ def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "warning: skipping checkpoint 20" in err and "resumed from step 10" in out
     _assert_same_state(a, b, 30)
+    models = [dj.load(os.path.join(w, "model")).params for w in (a, b)]
+    for u, v in zip(*map(jax.tree.leaves, models), strict=True):
+        np.testing.assert_array_equal(u, v)
+    rows = [_metrics(w) for w in (a, b)]
+    assert [r["step"] for r in rows[0]] == [10, 20, 30]
+    assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
 
 
 # ----------------------------------------------------------------------------- training
