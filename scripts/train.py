@@ -190,9 +190,9 @@ class _Logs:
     learning rate of the step's update) and `wall_time` (Unix seconds). Rows after `start`,
     left by a session that got further than the checkpoint this one resumes from, are
     dropped first, so the file never repeats a step. TensorBoard: scalars `train/loss`,
-    `train/lr` and images `samples` in `tensorboard/`; a fresh run empties it, a resumed one
-    purges the events after `start` (`purge_step`). `active=False` (processes other than 0)
-    writes nothing.
+    `train/lr` and images `samples` in `tensorboard/`; a fresh run empties it (and
+    `samples/`), a resumed one purges the events after `start` (`purge_step`).
+    `active=False` (processes other than 0) writes nothing.
     """
 
     def __init__(self, workdir: str, start: int, active: bool = True):
@@ -215,7 +215,8 @@ class _Logs:
         os.replace(path + ".tmp", path)
         board = os.path.join(workdir, TENSORBOARD_DIR)
         if not start:
-            shutil.rmtree(board, ignore_errors=True)
+            for name in (board, os.path.join(workdir, SAMPLES_DIR)):
+                shutil.rmtree(name, ignore_errors=True)
         self.writer = SummaryWriter(board, purge_step=start or None)
         self.file = open(path, "a")
 
