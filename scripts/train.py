@@ -306,6 +306,7 @@ def train(run: common.Run, workdir: str, resume: bool) -> tuple[training.TrainSt
     logs = _Logs(workdir, start, active=jax.process_index() == 0)
     figures = _SampleFigures(run, workdir) if config.sample_every and single else None
     lr = common.learning_rate(config)
+    saved = None
     bar = tqdm(total=config.steps, initial=start, unit="step", desc="train", smoothing=0.1)
     with ckpt, _StopRequest() as stop:
         try:
@@ -328,7 +329,6 @@ def train(run: common.Run, workdir: str, resume: bool) -> tuple[training.TrainSt
                 if step % config.checkpoint_every == 0:
                     ckpt.save(state, step)
             _save_final(ckpt, state, step)
-            saved = None
             if single:
                 params = common.eval_params(run, state, config.ema)
                 saved = common.save_model(run, params, os.path.join(workdir, common.MODEL_DIR))

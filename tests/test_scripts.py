@@ -409,6 +409,7 @@ def test_ctrl_c_is_a_clean_cut_and_resume_is_bit_identical(tmp_path, monkeypatch
     plan["sigint_after"] = cut1
     assert train.main(["--workdir", a, *base]) == 130
     assert f"interrupted at step {cut1}:" in capsys.readouterr().err
+    assert dj.pretrained.read_config(os.path.join(a, "model"))["prediction"] == "x0"
 
     plan["sigint_after"], plan["save_cut"] = None, 20
     assert train.main(resume) == 130
@@ -430,6 +431,7 @@ def test_ctrl_c_is_a_clean_cut_and_resume_is_bit_identical(tmp_path, monkeypatch
         f"trained {40 - cut2} steps (steps {cut2 + 1}..40 of 40, resumed from step {cut2})" in out
     )
     assert [n for n, _ in _Bar.records] == [30, 40]
+    assert [r["step"] for r in _metrics(a)] == [10, 20, 30, 40]  # one row per step
     for n, postfix in _Bar.records:
         window = plan["losses"][max(n - 10, cut2) - cut2 : n - cut2]
         assert float(postfix["loss"]) == pytest.approx(np.mean(window), abs=1e-4), (n, window)
