@@ -45,7 +45,9 @@ from diffjax.schedules import DiscreteSchedule
 __all__ = ["MODEL_FILE", "PARAMS_DIR", "TimeScale", "load", "read_config", "save_pretrained"]
 
 MODEL_FILE = "model.json"
+"""The description of the model inside a saved directory."""
 PARAMS_DIR = "params"
+"""The Orbax checkpoint of the parameters inside a saved directory."""
 FORMAT = "diffjax.pretrained"
 FORMAT_VERSION = 1
 _KEYS = ("network", "process", "prediction", "time_map", "edm", "num_classes")
