@@ -31,11 +31,26 @@ def concrete(x) -> np.ndarray | None:
     return np.asarray(x) if is_concrete(x) else None
 
 
-def as_float_array(x, name: str) -> Array:
-    """`x` as a floating JAX array; integers are promoted, other dtypes raise `TypeError`."""
-    arr = jnp.asarray(x)
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating) or arr.dtype == jnp.bool_:
+def as_real_array(x, name: str, xp=jnp):
+    """`x` as a real (integer or floating) array of `xp` (`jnp`, or `np` for host-side values).
+
+    A str, None, a bool or complex array, or anything that is not an array raises `TypeError`
+    naming `name` (not JAX's "not a valid JAX type").
+    """
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"`{name}` must be a real array, got {type(x).__name__}.")
+    try:
+        arr = xp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be a real array, got {type(x).__name__}: {err}") from None
+    if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
         raise TypeError(f"`{name}` must be a real array, got dtype {arr.dtype}.")
+    return arr
+
+
+def as_float_array(x, name: str) -> Array:
+    """`x` as a floating JAX array (`as_real_array`); integers are promoted to the default float."""
+    arr = as_real_array(x, name)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
     return arr
@@ -62,12 +77,25 @@ def check_key(key, name: str = "key") -> Array:
     )
 
 
-def check_positive_int(value, name: str) -> int:
+def check_int(value, name: str, lo: int = 0) -> int:
+    """A Python or NumPy integer `>= lo`; a bool or a float (even `2.0`) is a `TypeError`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
-    if value <= 0:
-        raise ValueError(f"`{name}` must be positive, got {value}.")
+    if value < lo:
+        bound = "positive" if lo == 1 else f">= {lo}"
+        raise ValueError(f"`{name}` must be {bound}, got {value}.")
     return int(value)
+
+
+def check_positive_int(value, name: str) -> int:
+    return check_int(value, name, 1)
+
+
+def check_bool(value, name: str) -> bool:
+    """A Python or NumPy bool (`1` or `"no"` is a `TypeError`: a flag is never guessed)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}.")
+    return bool(value)
 
 
 def check_batch_time(x: Array, t: Array, name_x: str = "x", name_t: str = "t") -> None:
@@ -101,12 +129,19 @@ def standard_normal_log_prob(z: Array, std: ArrayLike = 1.0) -> Array:
     return -0.5 * sum_event((z / std) ** 2) - dim * (jnp.log(std) + 0.5 * LOG_2PI)
 
 
-def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
-    """`shape` must be `[B, *event]` with a batch axis and at least one event axis."""
+def check_shape(shape, name: str = "shape", *, event: bool = True) -> tuple[int, ...]:
+    """`shape` must be `[B, *event]`: positive ints, a batch axis and at least one event axis.
+
+    With `event=False`, any tuple of non-negative ints (e.g. a prior draw of shape `(0, 2)`).
+    """
+    if isinstance(shape, (str, bytes)):
+        raise TypeError(f"`{name}` must be a tuple of ints [B, *event], got {shape!r}.")
     try:
         shape = tuple(shape)
     except TypeError:
         raise TypeError(f"`{name}` must be a tuple of ints [B, *event], got {shape!r}.") from None
+    if not event:
+        return tuple(check_int(s, f"{name}[{i}]") for i, s in enumerate(shape))
     if len(shape) < 2:
         raise ValueError(
             f"`{name}` must be [B, *event] with a batch axis and at least one event axis, "
@@ -272,8 +307,10 @@ def check_shape_preserving(fn, name: str, x_shape: tuple[int, ...], *arg_dtypes)
 
 
 def check_choice(value, name: str, choices: tuple):
-    """`value` must be one of `choices`; returned unchanged."""
-    if isinstance(value, bool) or value not in choices:
+    """`value` must be one of `choices` (a value of another type is a `TypeError`); returned unchanged."""
+    if isinstance(value, bool) or not isinstance(value, tuple({type(c) for c in choices})):
+        raise TypeError(f"`{name}` must be one of {choices}, got {type(value).__name__}.")
+    if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
     return value
 

@@ -23,6 +23,7 @@ from jaxtyping import Array, ArrayLike
 from diffjax._checks import (
     LOG_2PI,
     as_float_array,
+    as_real_array,
     check_batch_time,
     check_choice,
     check_key,
@@ -47,7 +48,7 @@ def _check_process(process) -> AbstractMarginal:
 
 def _coefficients(process: AbstractMarginal, x: Array, t) -> tuple[Array, Array]:
     """`(alpha(t), sigma(t))` at `t` (scalar or `[B]` for `x: [B, ...]`), each of shape `[B or 1]`."""
-    t = jnp.asarray(t)
+    t = as_real_array(t, "t")
     if isinstance(process, AbstractProcess):
         t = t.astype(x.dtype)
     else:
@@ -81,7 +82,9 @@ class GaussianMixture(eqx.Module):
             raise ValueError(f"`means` must have shape [K={k}, *event], got {means.shape}.")
         if stds.shape == (k,):
             stds = stds.reshape((k,) + (1,) * (means.ndim - 1))
-        if stds.shape[0] != k or stds.ndim != means.ndim:
+        if stds.shape[0] != k or stds.ndim != means.ndim or not all(
+            s in (1, m) for s, m in zip(stds.shape, means.shape, strict=True)
+        ):
             raise ValueError(
                 f"`stds` must have shape [K={k}] or [K, *event] = {means.shape}, got {stds.shape}."
             )
@@ -89,11 +92,14 @@ class GaussianMixture(eqx.Module):
 
     def __check_init__(self):
         w = concrete(self.weights)
-        if w is not None and (np.any(w <= 0) or abs(float(w.sum()) - 1.0) > 1e-5):
+        if w is not None and not (np.all(w > 0) and abs(float(w.sum()) - 1.0) <= 1e-5):
             raise ValueError(f"`weights` must be positive and sum to 1, got {self.weights}.")
+        m = concrete(self.means)
+        if m is not None and not np.all(np.isfinite(m)):
+            raise ValueError("`means` must be finite.")
         s = concrete(self.stds)
-        if s is not None and np.any(s <= 0):
-            raise ValueError("`stds` must be positive.")
+        if s is not None and not np.all((s > 0) & np.isfinite(s)):
+            raise ValueError("`stds` must be positive and finite.")
 
     @property
     def num_components(self) -> int:
@@ -182,13 +188,15 @@ class GaussianMixture(eqx.Module):
         post = means + a * v * diff / var  # var = a^2 v + s^2
         return jnp.einsum("bk,bkd->bd", resp, post).reshape(x.shape)
 
-    def subset(self, components: ArrayLike) -> GaussianMixture:
+    def subset(self, components: Values) -> GaussianMixture:
         """The mixture restricted to the given component indices, weights renormalised.
 
         With components grouped into classes, `subset(components of class y)` is `p_0(x | y)`.
         """
-        idx = np.asarray(components)
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        idx = as_real_array(components, "components", np)
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"`components` must be integer indices, got dtype {idx.dtype}.")
+        if idx.ndim != 1 or idx.size == 0:
             raise ValueError(f"`components` must be a non-empty 1-D integer array, got {idx}.")
         if idx.min() < 0 or idx.max() >= self.num_components:
             raise ValueError(f"`components` must lie in 0..{self.num_components - 1}, got {idx}.")
@@ -197,7 +205,7 @@ class GaussianMixture(eqx.Module):
 
     def noised(self, process, t: ArrayLike) -> GaussianMixture:
         """The mixture `p_t` at a single time `t` (a scalar) as a `GaussianMixture`."""
-        t = jnp.asarray(t)
+        t = as_real_array(t, "t")
         _check_process(process)
         if t.ndim != 0:
             raise ValueError(f"`t` must be a scalar, got shape {t.shape}.")
@@ -246,7 +254,7 @@ class _ExactPrediction(eqx.Module):
         return from_x0_eps(self.prediction, x0, -s * score, a, s, da, ds)
 
 
-def exact_classifier(dist: GaussianMixture, process, classes: ArrayLike) -> Callable:
+def exact_classifier(dist: GaussianMixture, process, classes: Values) -> Callable:
     """The exact noise-conditional classifier `log p_t(y | x)` of a labelled mixture.
 
     Component `k` carries label `classes[k]`; by Bayes' rule
@@ -255,7 +263,9 @@ def exact_classifier(dist: GaussianMixture, process, classes: ArrayLike) -> Call
     """
     _check_dist(dist)
     _check_process(process)
-    classes = np.asarray(classes)
+    classes = as_real_array(classes, "classes", np)
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise TypeError(f"`classes` must be integer labels, got dtype {classes.dtype}.")
     if classes.shape != (dist.num_components,) or not np.issubdtype(classes.dtype, np.integer):
         raise ValueError(
             f"`classes` must be an integer array of shape [K] = [{dist.num_components}], got {classes}."

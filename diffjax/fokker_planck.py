@@ -48,8 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_float_array, is_concrete
+from diffjax._checks import as_float_array, check_positive_int, is_concrete
 from diffjax.processes import AbstractProcess
+from diffjax.samplers._driver import check_controller, check_solver
+from diffjax.samplers.sde import _reraise_solver_error
 
 __all__ = ["solve_1d", "solve_sde_1d"]
 
@@ -200,20 +202,24 @@ def solve_1d(
     h = (grid[-1] - grid[0]) / (grid.shape[0] - 1)
     faces = grid[:-1] + 0.5 * h
     _check_coefficients(drift, diffusion, faces, ts[0])
+    solver = check_solver(solver, diffrax.Tsit5())
+    stepsize_controller = check_controller(stepsize_controller, _DEFAULT_CONTROLLER)
+    max_steps = check_positive_int(max_steps, "max_steps")
     field = _FokkerPlanckField(drift, diffusion, faces, h)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        diffrax.Tsit5() if solver is None else solver,
-        t0=ts[0],
-        t1=ts[-1],
-        dt0=None,
-        y0=p0,
-        saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=_DEFAULT_CONTROLLER
-        if stepsize_controller is None
-        else stepsize_controller,
-        max_steps=max_steps,
-    )
+    try:
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            solver,
+            t0=ts[0],
+            t1=ts[-1],
+            dt0=None,
+            y0=p0,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=stepsize_controller,
+            max_steps=max_steps,
+        )
+    except Exception as err:
+        _reraise_solver_error(err, max_steps)
     return sol.ys
 
 

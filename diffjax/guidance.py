@@ -23,6 +23,7 @@ from jaxtyping import Array, ArrayLike
 from diffjax._checks import (
     as_float_array,
     check_callable,
+    check_int,
     check_key,
     check_knob,
     check_labels,
@@ -45,10 +46,10 @@ __all__ = [
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_model(model) -> Model:
+def _check_model(model, name: str = "model") -> Model:
     if not isinstance(model, Model):
         raise TypeError(
-            f"`model` must be a diffjax.Model, got {type(model).__name__}; wrap a network as "
+            f"`{name}` must be a diffjax.Model, got {type(model).__name__}; wrap a network as "
             "dj.Model(fn, process, prediction=...)."
         )
     return model
@@ -60,14 +61,6 @@ def _check_process(process) -> AbstractMarginal:
             f"`process` must be a diffjax process or schedule, got {type(process).__name__}."
         )
     return process
-
-
-def _check_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
-    if value < 0:
-        raise ValueError(f"`{name}` must be non-negative, got {value}.")
-    return int(value)
 
 
 def _labels_for(y: Array, x: Array) -> Array:
@@ -244,8 +237,8 @@ def classifier_free(
     model = _check_model(model)
     guided = _ClassifierFree(
         model,
-        check_labels(y, "y", num_classes=_check_int(null_label, "null_label") + 1),
-        _check_int(null_label, "null_label"),
+        check_labels(y, "y", num_classes=check_int(null_label, "null_label") + 1),
+        check_int(null_label, "null_label"),
         check_knob(weight, "weight", 0.0),
         _check_interval(interval),
     )
@@ -285,7 +278,7 @@ def autoguidance(
     Returns:
         a `Model` of `model`'s kind on `model`'s process.
     """
-    model, weak = _check_model(model), _check_model(weak)
+    model, weak = _check_model(model), _check_model(weak, "weak")
     if not model.is_continuous and weak.process is not model.process:
         if not eqx.tree_equal(weak.process, model.process):
             raise ValueError("`weak` must be on the schedule of `model`.")
@@ -305,7 +298,7 @@ def drop_labels(key, labels: ArrayLike, p: Scalar, null_label: int) -> Array:
     and dtype.
     """
     key = check_key(key)
-    null_label = _check_int(null_label, "null_label")
+    null_label = check_int(null_label, "null_label")
     labels = check_labels(labels, num_classes=null_label + 1)
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"`p` must be a float, got {type(p).__name__}.")

@@ -48,6 +48,7 @@ from diffjax._checks import (
     check_choice,
     check_key,
     check_positive_int,
+    check_shape,
     check_times,
     is_concrete,
     sum_event,
@@ -179,11 +180,7 @@ def log_prob(
         TypeError / ValueError: naming the argument, before compilation.
     """
     x = as_float_array(x, "x")
-    if x.ndim < 2:
-        raise ValueError(
-            f"`x` must have shape [B, *event] with at least one event axis "
-            f"([B, 1] for scalars), got {x.shape}."
-        )
+    check_shape(x.shape, "x.shape")
     divergence = Hutchinson() if divergence is None else divergence
     if not isinstance(divergence, Exact | Hutchinson):
         raise TypeError(
@@ -252,7 +249,7 @@ def _check_likelihood_model(model, x, args, process) -> tuple[Model, jnp.dtype]:
         model = model.on(process)
     if not model.is_continuous:
         raise TypeError(
-            "`log_prob` integrates the PF-ODE: the model must be on a continuous process."
+            "`model` must be on a continuous process: `log_prob` integrates the PF-ODE."
         )
     t_batch = jax.ShapeDtypeStruct(x.shape[:1], x.dtype)
     try:
@@ -263,7 +260,7 @@ def _check_likelihood_model(model, x, args, process) -> tuple[Model, jnp.dtype]:
         ) from err
     if not hasattr(out, "shape") or tuple(out.shape) != x.shape:
         raise ValueError(
-            f"`model(x, t)` must return an array of the shape of `x` {x.shape}, "
+            f"`model` must return an array of the shape of `x` {x.shape}, "
             f"got {getattr(out, 'shape', type(out).__name__)}."
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):

@@ -28,14 +28,15 @@ from jaxtyping import Array, ArrayLike
 
 from diffjax._checks import (
     LOG_2PI,
-    abstract_output,
     as_float_array,
     check_callable,
     check_choice,
+    check_int,
     check_key,
     check_knob,
     check_labels,
     check_positive_int,
+    check_shape_preserving,
     check_times,
     expand_to,
     is_concrete,
@@ -82,7 +83,7 @@ def _check_labels(labels, batch: int, null_label) -> Array | None:
     """`labels` (or None) with a batch axis, in `[0, null_label]` when a null label is given."""
     if labels is None:
         return None
-    num_classes = None if null_label is None else int(null_label) + 1
+    num_classes = None if null_label is None else check_int(null_label, "null_label") + 1
     return check_labels(labels, batch=batch, num_classes=num_classes)
 
 
@@ -267,8 +268,7 @@ def dsm(
     t_eps, _ = check_times(sde, t_eps, sde.T)
     if importance_sampling and weighting != "likelihood":
         raise ValueError("`importance_sampling=True` requires `weighting='likelihood'`.")
-    if not snr_gamma > 0:
-        raise ValueError(f"`snr_gamma` must be positive, got {snr_gamma}.")
+    snr_gamma = check_knob(snr_gamma, "snr_gamma", 0.0, strict=True)
     labels = _check_labels(labels, x0.shape[0], null_label)
     key, labels = _dropout_labels(key, labels, label_dropout, null_label)
 
@@ -417,8 +417,6 @@ def edm(
     x_t = a * x0 + s * eps
     denoiser = EDMDenoiser(net, process, sd.astype(x0.dtype), True)
     d = denoiser(params, x_t, t) if labels is None else denoiser(params, x_t, t, labels)
-    if not hasattr(d, "shape") or d.shape != x0.shape:
-        raise ValueError(f"`net` must return an array of the shape of x {x0.shape}.")
     sigma = jnp.exp(log_sigma)
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
     per_example = weight * sum_event((d - x0) ** 2)
@@ -523,13 +521,7 @@ def ddpm_vlb(
         chunk_size = max(1, min(num_steps, 4096 // batch))
     chunk_size = check_positive_int(chunk_size, "chunk_size")
 
-    t_shape = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    out = abstract_output(model, x0, t_shape)
-    if not hasattr(out, "shape") or out.shape != x0.shape:
-        raise ValueError(
-            f"`model` must return an array of the shape of x0 {x0.shape}, "
-            f"got {getattr(out, 'shape', type(out).__name__)}."
-        )
+    check_shape_preserving(model, "model", x0.shape, jnp.int32)
 
     def x0_hat_at(t: Array, noise: Array) -> tuple[Array, Array]:
         t_b = jnp.full((batch,), t)
@@ -583,7 +575,7 @@ class VAEApply(NamedTuple):
 
 def vae_elbo(
     params,
-    vae_apply: VAEApply | tuple[Callable, Callable],
+    vae_apply: VAEApply | tuple,
     key: Key,
     x: ArrayLike,
     *,
@@ -625,7 +617,10 @@ def vae_elbo(
             f"`obs_std` must be a scalar or broadcast to x {x.shape}, got {obs_std.shape}."
         ) from err
 
-    mean, log_std = encode(params, x)
+    moments = encode(params, x)
+    if not (isinstance(moments, tuple) and len(moments) == 2):
+        raise TypeError(f"`encode` must return a pair (mean, log_std), got {type(moments).__name__}.")
+    mean, log_std = moments
     if mean.shape != log_std.shape or mean.ndim != 2 or mean.shape[0] != x.shape[0]:
         raise ValueError(
             "`encode` must return (mean, log_std) of shape [B, latent] each, "

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_float_array, check_key, check_positive_int
+from diffjax._checks import as_float_array, check_key, check_knob, check_positive_int
 
 __all__ = ["energy_distance", "mmd", "sliced_wasserstein"]
 
@@ -48,14 +48,17 @@ def _norm(diff: Array) -> Array:
     return jnp.sqrt(jnp.sum(diff**2, axis=-1))
 
 
-@jax.jit
 def energy_distance(x: ArrayLike, y: ArrayLike) -> Array:
     """Unbiased squared energy distance `2 E|X - Y| - E|X - X'| - E|Y - Y'|`.
 
     Székely & Rizzo 2013; the within-sample terms are U-statistics (diagonal excluded), so the
     estimate is unbiased and zero in expectation when `x` and `y` share a distribution.
     """
-    x, y = _flatten_pair(x, y)
+    return _energy_distance(*_flatten_pair(x, y))
+
+
+@jax.jit
+def _energy_distance(x: Array, y: Array) -> Array:
     n, m = x.shape[0], y.shape[0]
     xy = _pairwise_sum(x, y, _norm) / (n * m)
     xx = _pairwise_sum(x, x, _norm) / (n * (n - 1))
@@ -66,8 +69,7 @@ def energy_distance(x: ArrayLike, y: ArrayLike) -> Array:
 def mmd(x: ArrayLike, y: ArrayLike, bandwidth: ArrayLike = 1.0) -> Array:
     """Unbiased squared maximum mean discrepancy with a Gaussian kernel `exp(-|d|^2 / (2 h^2))`."""
     x, y = _flatten_pair(x, y)
-    if not bandwidth > 0:
-        raise ValueError(f"`bandwidth` must be positive, got {bandwidth}.")
+    bandwidth = check_knob(bandwidth, "bandwidth", 0.0, strict=True)
     n, m = x.shape[0], y.shape[0]
 
     def kernel(diff):

@@ -34,7 +34,14 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_float_array, check_knob, expand_to
+from diffjax._checks import (
+    as_float_array,
+    as_real_array,
+    check_batch_time,
+    check_choice,
+    check_knob,
+    expand_to,
+)
 from diffjax.processes import AbstractMarginal, AbstractProcess
 from diffjax.schedules import DiscreteSchedule
 
@@ -115,8 +122,7 @@ class Model(eqx.Module):
                 "`process` must be a diffjax process (VPSDE, EDM, RectifiedFlow, ...) or a "
                 f"DiscreteSchedule, got {type(self.process).__name__}."
             )
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"`prediction` must be one of {PREDICTIONS}, got {self.prediction!r}.")
+        check_choice(self.prediction, "prediction", PREDICTIONS)
         if self.prediction == "velocity" and isinstance(self.process, DiscreteSchedule):
             raise ValueError("`prediction='velocity'` needs a continuous process, not a schedule.")
         if self.time_map is not None and not callable(self.time_map):
@@ -129,7 +135,9 @@ class Model(eqx.Module):
     def __call__(self, x: ArrayLike, t: ArrayLike, *args) -> Array:
         """The raw network output (of kind `prediction`): `[B, *event]`."""
         x = as_float_array(x, "x")
-        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        t = as_real_array(t, "t")
+        check_batch_time(x, t)
+        t = jnp.broadcast_to(t, x.shape[:1])
         t_net = t if self.time_map is None else self.time_map(t)
         if self.params is None:
             return self.fn(x, t_net, *args)
@@ -137,10 +145,9 @@ class Model(eqx.Module):
 
     def predict(self, kind: str, x: ArrayLike, t: ArrayLike, *args) -> Array:
         """The view `kind` (one of `PREDICTIONS`) of the model at `(x, t)`: `[B, *event]`."""
-        if kind not in PREDICTIONS:
-            raise ValueError(f"`kind` must be one of {PREDICTIONS}, got {kind!r}.")
+        check_choice(kind, "kind", PREDICTIONS)
         if kind == "velocity" and not self.is_continuous:
-            raise ValueError("the velocity view needs a continuous process, not a schedule.")
+            raise ValueError("`kind='velocity'` needs a continuous process, not a schedule.")
         x = as_float_array(x, "x")
         out = self(x, t, *args)
         if kind == self.prediction:
@@ -185,7 +192,7 @@ class Model(eqx.Module):
         """
         if not isinstance(process, AbstractProcess) or not self.is_continuous:
             raise TypeError(
-                "`Model.on` moves a model between continuous processes; got "
+                "`process` must be continuous: `Model.on` moves a model between continuous processes; got "
                 f"{type(self.process).__name__} -> {type(process).__name__}."
             )
         if process is self.process or eqx.tree_equal(process, self.process) is True:
@@ -243,6 +250,11 @@ class EDMDenoiser(eqx.Module):
         c_in, c_skip, c_out, c_noise = self.coefficients(t.astype(x.dtype), x)
         net_args = (c_in * x, c_noise, *rest)
         out = self.net(params, *net_args) if self.with_params else self.net(*net_args)
+        if getattr(out, "shape", None) != x.shape:
+            raise ValueError(
+                f"`net` must return an array of the shape of x {x.shape}, "
+                f"got {getattr(out, 'shape', type(out).__name__)}."
+            )
         return c_skip * x + c_out * out
 
 

@@ -33,6 +33,7 @@ from diffjax._checks import (
     check_key,
     check_positive_int,
     check_scalar,
+    check_shape,
     concrete,
     expand_to,
     standard_normal_log_prob,
@@ -102,9 +103,7 @@ class AbstractMarginal(eqx.Module):
     def prior_sample(self, key, shape) -> Array:
         """Draw `x_T ~ N(0, prior_std^2 I)` of the full shape `[B, *event]`."""
         key = check_key(key)
-        shape = tuple(shape)
-        if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
-            raise ValueError(f"`shape` must be a tuple of non-negative ints, got {shape}.")
+        shape = check_shape(shape, event=False)
         return self.prior_std * jax.random.normal(key, shape)
 
     def prior_log_prob(self, z: ArrayLike) -> Array:

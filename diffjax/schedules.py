@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import check_positive_int, concrete
+from diffjax._checks import as_real_array, check_knob, check_positive_int, concrete
 from diffjax._typing import Values
 from diffjax.processes import AbstractMarginal
 
@@ -44,7 +44,7 @@ class DiscreteSchedule(AbstractMarginal):
     posterior_mean_coef_xt: Array
 
     def __init__(self, betas: Values):
-        betas_np = np.asarray(betas, dtype=np.float64)
+        betas_np = as_real_array(betas, "betas", np).astype(np.float64)
         if betas_np.ndim != 1 or betas_np.size == 0:
             raise ValueError(f"`betas` must be a non-empty 1-D array, got shape {betas_np.shape}.")
         # Precompute in float64 on the host, store in the default float dtype (bad `betas`
@@ -79,7 +79,7 @@ class DiscreteSchedule(AbstractMarginal):
 
     def check_time(self, t: ArrayLike, name: str = "t") -> Array:
         """`t` must be an integer step in `0..T` (checked when concrete)."""
-        t = jnp.asarray(t)
+        t = as_real_array(t, name)
         if not jnp.issubdtype(t.dtype, jnp.integer):
             raise TypeError(
                 f"`{name}` must be integer steps in 0..{self.num_steps} for a discrete schedule, "
@@ -147,8 +147,7 @@ def cosine(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> 
     `beta_t = min(1 - alpha_bar(t) / alpha_bar(t-1), max_beta)`.
     """
     num_steps = check_positive_int(num_steps, "num_steps")
-    if not isinstance(s, (int, float)) or not s > 0:
-        raise ValueError(f"`s` must be a positive float, got {s}.")
+    s = float(check_knob(s, "s", 0.0, strict=True))
     max_beta = _check_beta(max_beta, "max_beta")
     steps = np.arange(num_steps + 1, dtype=np.float64) / num_steps
     f = np.cos(0.5 * math.pi * (steps + s) / (1.0 + s)) ** 2

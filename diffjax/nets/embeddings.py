@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import check_positive_int
+from diffjax._checks import as_real_array, check_knob, check_positive_int
 
 
 class FixedFrequencies(nnx.Variable):
@@ -25,11 +25,9 @@ class FixedFrequencies(nnx.Variable):
 
 
 def _as_time(t: ArrayLike) -> Array:
-    t = jnp.asarray(t)
+    t = as_real_array(t, "t")
     if t.ndim != 1:
         raise ValueError(f"`t` must have shape [B], got {t.shape}.")
-    if jnp.issubdtype(t.dtype, jnp.complexfloating) or t.dtype == jnp.bool_:
-        raise TypeError(f"`t` must be a real (float or int) array, got dtype {t.dtype}.")
     return t.astype(jnp.result_type(float))
 
 
@@ -44,6 +42,7 @@ def sinusoidal_embedding(t: ArrayLike, dim: int, *, max_period: float = 10_000.0
     if dim < 2:
         raise ValueError(f"`dim` must be >= 2, got {dim}.")
     t = _as_time(t)
+    max_period = float(check_knob(max_period, "max_period", 0.0, strict=True))
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=t.dtype) / half)
     args = t[:, None] * freqs[None, :]
@@ -64,8 +63,8 @@ class SinusoidalEmbedding(nnx.Module):
         self.dim = check_positive_int(dim, "dim")
         if self.dim < 2:
             raise ValueError(f"`dim` must be >= 2, got {dim}.")
-        self.time_scale = float(time_scale)
-        self.max_period = float(max_period)
+        self.time_scale = float(check_knob(time_scale, "time_scale"))
+        self.max_period = float(check_knob(max_period, "max_period", 0.0, strict=True))
 
     def __call__(self, t: ArrayLike) -> Array:
         t = _as_time(t)
@@ -84,8 +83,7 @@ class GaussianFourierEmbedding(nnx.Module):
         dim = check_positive_int(dim, "dim")
         if dim % 2:
             raise ValueError(f"`dim` must be even for Fourier features, got {dim}.")
-        if not scale > 0:
-            raise ValueError(f"`scale` must be positive, got {scale}.")
+        scale = float(check_knob(scale, "scale", 0.0, strict=True))
         self.dim = dim
         self.freqs = FixedFrequencies(scale * jax.random.normal(rngs.params(), (dim // 2,)))
 
@@ -144,7 +142,7 @@ class TimeLabelEmbedding(nnx.Module):
         )
 
     def __call__(self, t: ArrayLike, batch: int, y: ArrayLike | None = None) -> Array:
-        t = jnp.asarray(t)
+        t = as_real_array(t, "t")
         if t.ndim == 0:
             t = jnp.broadcast_to(t, (batch,))
         if t.shape != (batch,):

@@ -17,6 +17,7 @@ from jaxtyping import Array
 
 from diffjax._checks import (
     abstract_output,
+    as_real_array,
     check_choice,
     check_key,
     check_knob,
@@ -82,12 +83,12 @@ def check_model(model, shape: tuple[int, ...], *, continuous: bool, process=None
         model = model.on(process)
     if continuous and not model.is_continuous:
         raise TypeError(
-            "this sampler runs on continuous processes; the model is on a DiscreteSchedule "
-            "(use samplers.ddpm / samplers.ddim, or a continuous model)."
+            "`model` must be on a continuous process for this sampler; it is on a "
+            "DiscreteSchedule (use samplers.ddpm / samplers.ddim, or a continuous model)."
         )
     if not continuous and model.is_continuous:
         raise TypeError(
-            f"this sampler needs a model on a DiscreteSchedule, got one on "
+            f"`model` must be on a DiscreteSchedule for this sampler, got one on "
             f"{type(model.process).__name__} (use the continuous samplers)."
         )
     t_dtype = jnp.result_type(float) if continuous else jnp.int32
@@ -107,13 +108,11 @@ def check_save_times(save_times, lo, hi, *, integer: bool = False):
         return None
     if not is_concrete(save_times):
         raise TypeError("`save_times` must be concrete (not traced): they fix the program's shape.")
-    arr = np.asarray(save_times)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"`save_times` must be a non-empty 1-D array, got shape {arr.shape}.")
+    arr = as_real_array(save_times, "save_times", np)
     if integer and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"`save_times` must be integer steps for a schedule, got {arr.dtype}.")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise TypeError(f"`save_times` must be numbers, got dtype {arr.dtype}.")
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"`save_times` must be a non-empty 1-D array, got shape {arr.shape}.")
     lo_c, hi_c = (float(np.asarray(v)) if is_concrete(v) else None for v in (lo, hi))
     if (
         not np.all(np.isfinite(arr))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax._checks import check_choice, check_positive_int, check_times
+from diffjax._checks import check_bool, check_choice, check_int, check_positive_int, check_times
 from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
@@ -83,8 +83,7 @@ def dpm_solver(
     Returns:
         `(x0 [B, *event], info)`, `info.nfe = num_steps + 1`.
     """
-    if not isinstance(stochastic, (bool, np.bool_)):
-        raise TypeError(f"`stochastic` must be a bool, got {type(stochastic).__name__}.")
+    stochastic = check_bool(stochastic, "stochastic")
     key, shape, model, ts, orders, save_times = _setup(
         key, model, shape, num_steps, order, grid, rho, t_eps, t_max, lower_order_final,
         process, save_times,
@@ -169,15 +168,14 @@ def _setup(key, model, shape, num_steps, order, grid, rho, t_eps, t_max, lower_o
     """The checks of both samplers; returns the time grid and the order of every step."""
     key, shape = drv.check_common(key, shape)
     num_steps = check_positive_int(num_steps, "num_steps")
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)):
-        raise TypeError(f"`order` must be an int in (1, 2, 3), got {type(order).__name__}.")
-    check_choice(int(order), "order", (1, 2, 3))
+    check_choice(check_int(order, "order"), "order", (1, 2, 3))
     rho = drv.check_grid(grid, rho)
     model = drv.check_model(model, shape, continuous=True, process=process)
     t_eps, t_max = check_times(model.process, t_eps, t_max)
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     ts = drv.time_grid(model.process, num_steps, grid, t_eps, t_max, rho)
-    return key, shape, model, ts, _orders(num_steps, int(order), lower_order_final), save_times
+    orders = _orders(num_steps, int(order), check_bool(lower_order_final, "lower_order_final"))
+    return key, shape, model, ts, orders, save_times
 
 
 def _orders(num_steps: int, order: int, lower_order_final: bool) -> np.ndarray:

@@ -11,7 +11,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
-from diffjax._checks import check_positive_int, check_shape, check_times
+from diffjax._checks import as_real_array, check_positive_int, check_shape, check_times
 from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
@@ -160,7 +160,7 @@ def _transport(
     max_steps,
 ):
     """Carry `y` along the PF-ODE between `t_eps` and `t_max` (up when `forward`), no noise."""
-    y = jnp.asarray(y)
+    y = as_real_array(y, name)
     if not jnp.issubdtype(y.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be a float array, got dtype {y.dtype}.")
     shape = check_shape(y.shape, f"{name}.shape")

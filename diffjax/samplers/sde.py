@@ -6,6 +6,7 @@ Song et al. 2021 (arXiv:2011.13456): `dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) 
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 
 import diffrax as dfx
@@ -15,7 +16,14 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-from diffjax._checks import check_choice, check_knob, check_positive_int, check_times, is_concrete
+from diffjax._checks import (
+    check_choice,
+    check_int,
+    check_knob,
+    check_positive_int,
+    check_times,
+    is_concrete,
+)
 from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.langevin import NORMS, langevin_corrector
 from diffjax.model import Model
@@ -142,9 +150,14 @@ def reverse_sde(
 
 
 def _reraise_solver_error(err: Exception, max_steps: int):
-    """Turn diffrax's errors into ones that say which argument to change."""
-    if isinstance(err, ValueError | TypeError) and "Terms" in str(err) and "solver" in str(err):
-        raise TypeError(f"`solver` does not fit the SDE's terms: {err}") from err
+    """Turn diffrax's errors into ones that say which argument to change: diffrax's own
+    `ValueError` / `TypeError` while tracing (terms, solver and controller that do not fit)
+    names the `solver`; running out of steps names `max_steps`."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if isinstance(err, ValueError | TypeError) and frames and "/diffrax/" in frames[-1].filename:
+        raise TypeError(
+            f"`solver` does not fit the problem (its terms or the `stepsize_controller`): {err}"
+        ) from err
     if "max_steps" in str(err) or "maximum number of solver steps" in str(err):
         raise RuntimeError(
             f"the solve needed more than `max_steps` = {max_steps} steps: raise `max_steps` or "
@@ -257,10 +270,7 @@ def predictor_corrector(
     """
     key, shape = drv.check_common(key, shape)
     num_steps = check_positive_int(num_steps, "num_steps")
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, (int, np.integer)):
-        raise TypeError(f"`corrector_steps` must be an int, got {type(corrector_steps).__name__}.")
-    if corrector_steps < 0:
-        raise ValueError(f"`corrector_steps` must be >= 0, got {corrector_steps}.")
+    corrector_steps = check_int(corrector_steps, "corrector_steps")
     snr = check_knob(snr, "snr", 0.0)
     check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
     check_choice(norm, "norm", NORMS)
