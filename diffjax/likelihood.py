@@ -48,7 +48,6 @@ from diffjax._checks import (
     check_choice,
     check_key,
     check_positive_int,
-    check_shape,
     check_times,
     is_concrete,
     sum_event,
@@ -180,7 +179,11 @@ def log_prob(
         TypeError / ValueError: naming the argument, before compilation.
     """
     x = as_float_array(x, "x")
-    check_shape(x.shape, "x.shape")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"`x` must have shape [B, *event] with B >= 1 and at least one event axis "
+            f"([B, 1] for scalars), got {x.shape}."
+        )
     divergence = Hutchinson() if divergence is None else divergence
     if not isinstance(divergence, Exact | Hutchinson):
         raise TypeError(
