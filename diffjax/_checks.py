@@ -49,11 +49,12 @@ def as_real_array(x, name: str, xp=jnp):
 
 
 def as_float_array(x, name: str) -> Array:
-    """`x` as a floating JAX array (`as_real_array`); integers are promoted to the default float."""
+    """`x` as a floating JAX array (`as_real_array`) of at least float32: integers become the
+    default float, and bfloat16 / float16 data is computed in float32."""
     arr = as_real_array(x, name)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    return arr
+        return arr.astype(jnp.result_type(float))
+    return arr.astype(jnp.promote_types(arr.dtype, jnp.float32))
 
 
 def check_key(key, name: str = "key") -> Array:

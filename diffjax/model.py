@@ -133,15 +133,18 @@ class Model(eqx.Module):
         return isinstance(self.process, AbstractProcess)
 
     def __call__(self, x: ArrayLike, t: ArrayLike, *args) -> Array:
-        """The raw network output (of kind `prediction`): `[B, *event]`."""
+        """The raw network output (of kind `prediction`): `[B, *event]`, a floating output in
+        `x`'s dtype at least (a bfloat16 network's output is promoted, so samplers keep float32)."""
         x = as_float_array(x, "x")
         t = as_real_array(t, "t")
         check_batch_time(x, t)
         t = jnp.broadcast_to(t, x.shape[:1])
         t_net = t if self.time_map is None else self.time_map(t)
-        if self.params is None:
-            return self.fn(x, t_net, *args)
-        return self.fn(self.params, x, t_net, *args)
+        out = self.fn(x, t_net, *args) if self.params is None else self.fn(self.params, x, t_net, *args)
+        dtype = getattr(out, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+            out = out.astype(jnp.promote_types(dtype, x.dtype))
+        return out
 
     def predict(self, kind: str, x: ArrayLike, t: ArrayLike, *args) -> Array:
         """The view `kind` (one of `PREDICTIONS`) of the model at `(x, t)`: `[B, *event]`."""

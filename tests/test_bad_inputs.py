@@ -15,6 +15,7 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from badinput import Row, table_test
 
 import diffjax as dj
@@ -680,3 +681,47 @@ def _nets_rows():
 
 test_training = table_test(_training_rows())
 test_nets = table_test(_nets_rows())
+
+
+# ----------------------------------------------------------------------------- bfloat16
+# Every entry point computes bfloat16 data (or a bfloat16 network's output) in float32. The
+# result's type is read with `jax.eval_shape`, which traces the compiled part without compiling.
+B16 = jnp.ones(SHAPE, jnp.bfloat16)
+B16_NET = lambda x, t: x.astype(jnp.bfloat16)  # noqa: E731
+B16_MODEL = dj.Model(B16_NET, VP, "x0")
+B16_DISCRETE = dj.Model(B16_NET, SCH, "x0")
+BFLOAT16 = {
+    "q_sample": lambda: dj.q_sample(VP, B16, 0.5, B16),
+    "q_posterior": lambda: dj.q_posterior(SCH, B16, B16, 1)[0],
+    "prior_log_prob": lambda: VP.prior_log_prob(B16),
+    "gmm.log_prob": lambda: GMM.log_prob(B16, VP, 0.5),
+    "model.eps": lambda: SCORE.eps(B16, 0.5),
+    "dsm": lambda: L.dsm(None, APPLY, KEY, B16, VP)[0],
+    "ddpm": lambda: L.ddpm(None, APPLY, KEY, B16, SCH)[0],
+    "flow_matching": lambda: L.flow_matching(None, APPLY, KEY, B16)[0],
+    "edm": lambda: L.edm(None, APPLY, KEY, B16)[0],
+    "classifier": lambda: L.classifier(None, lambda p, x, t: jnp.zeros((4, 3), x.dtype), KEY, B16, jnp.zeros(4, int), VP)[0],
+    "vae_elbo": lambda: L.vae_elbo(None, (lambda p, x: (x, x), lambda p, z: z), KEY, B16)[0],
+    "ddpm_vlb": lambda: L.ddpm_vlb(EPS, KEY, B16),
+    **{
+        name: (lambda run=run: run(model=B16_MODEL)[0])
+        for name, run in CONTINUOUS.items()
+        if name in ("ddim", "dpm_solver", "unipc", "heun", "predictor_corrector")
+    },
+    "ddpm_sampler": lambda: DISCRETE["ddpm"](model=B16_DISCRETE)[0],
+    "encode": lambda: samplers.encode(SCORE, B16, num_steps=2)[0],
+    "decode": lambda: samplers.decode(B16_MODEL, X, num_steps=2)[0],
+    "log_prob": lambda: LP.log_prob(SCORE, B16, divergence=EXACT)[0],
+    "dequantize": lambda: LP.dequantize(KEY, B16),
+    "ula": lambda: LV.ula(KEY, SCORE_X, B16, step_size=0.1, num_steps=2)[0],
+    "annealed": lambda: LV.annealed(KEY, SCORE_SIGMA, [1.0], SHAPE, init=B16, steps_per_level=2)[0],
+    "energy_distance": lambda: M.energy_distance(B16, B16),
+    "mmd": lambda: M.mmd(B16, B16),
+    "sliced_wasserstein": lambda: M.sliced_wasserstein(KEY, B16, B16),
+    "inpainting": lambda: G.inpainting_projection(VP, B16, X > 0)(KEY, X, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(BFLOAT16))
+def test_bfloat16_computed_in_float32(name):
+    assert jax.eval_shape(BFLOAT16[name]).dtype == jnp.float32
