@@ -65,9 +65,15 @@ runs = {
     "ddpm": lambda: dj.samplers.ddpm(key, dj.exact_model(gmm, sch, "eps"), shape),
     "ddim": lambda: dj.samplers.ddim(key, dj.exact_model(gmm, sch, "eps"), shape, grid="quadratic"),
     "dpm_solver": lambda: dj.samplers.dpm_solver(key, dj.exact_model(gmm, dj.EDM(), "x0"), shape, num_steps=30),
+    "dpm_solver_sde": lambda: dj.samplers.dpm_solver(key, dj.exact_model(gmm, dj.VPSDE(), "eps"), shape, num_steps=50, stochastic=True),
+    "unipc": lambda: dj.samplers.unipc(key, dj.exact_model(gmm, dj.Cosine(), "v"), shape, num_steps=20),
+    "heun": lambda: dj.samplers.heun(key, dj.exact_model(gmm, dj.EDM(), "x0"), shape, num_steps=40),
+    "euler": lambda: dj.samplers.euler(key, dj.exact_model(gmm, dj.RectifiedFlow(), "velocity"), shape, num_steps=200, churn=10.0),
     "reverse_sde": lambda: dj.samplers.reverse_sde(key, dj.exact_model(gmm, dj.VESDE(), "score"), shape, num_steps=500),
     "predictor_corrector": lambda: dj.samplers.predictor_corrector(key, dj.exact_model(gmm, dj.SubVPSDE(), "eps"), shape),
     "probability_flow": lambda: dj.samplers.probability_flow(key, dj.exact_model(gmm, dj.RectifiedFlow(), "velocity"), shape),
+    "ula": lambda: dj.langevin.ula(key, lambda x: gmm.score(x), gmm.sample(jax.random.key(3), 2000), step_size=1e-4, num_steps=100),
+    "annealed": lambda: dj.langevin.annealed(key, lambda x, s: gmm.score(x, dj.EDM(), s), np.geomspace(2.0, 0.01, 10), shape, steps_per_level=100, step_size=1e-4),
 }
 for name, run in runs.items():
     x, info = run()
@@ -81,14 +87,25 @@ logp, _ = dj.likelihood.log_prob(dj.exact_model(gmm, dj.VPSDE(), "score"), x, di
     prior_log_prob_fn=lambda z: gmm.log_prob(z, dj.VPSDE(), 1.0), stepsize_controller=tight)
 err = float(jnp.max(jnp.abs(logp - gmm.log_prob(x, dj.VPSDE(), 1e-5))))
 assert logp.dtype == jnp.float64 and err < 1e-6, err
-loss, _ = dj.losses.dsm(0.0, lambda p, x, t: x + p, key, x, dj.RectifiedFlow(), prediction="velocity")
-assert loss.dtype == jnp.float64
+L, net = dj.losses, lambda p, x, t, *labels: x + p
+losses = {
+    "dsm": L.dsm(0.0, net, key, x, dj.RectifiedFlow(), prediction="velocity"),
+    "ddpm": L.ddpm(0.0, net, key, x, sch),
+    "flow_matching": L.flow_matching(0.0, net, key, x),
+    "edm": L.edm(0.0, net, key, x),
+    "classifier": L.classifier(0.0, lambda p, x, t: x[:, :1] * jnp.arange(3) + p, key, x, jnp.zeros(8, int), dj.VPSDE()),
+    "vae_elbo": L.vae_elbo(0.0, L.VAEApply(lambda p, x: (x + p, 0 * x), lambda p, z: z + p), key, x),
+    "ddpm_vlb": (L.ddpm_vlb(dj.exact_model(gmm, dj.schedules.linear(20), "eps"), key, x), None),
+}
+for name, (loss, _) in losses.items():
+    assert loss.dtype == jnp.float64, (name, loss.dtype)
 print("ok")
 """
 
 
 def test_float64_enabled_after_import():
-    """A notebook user's order: `import diffjax`, then `jax_enable_x64`. Every sampler family, the
-    likelihood (error < 1e-6 nats at rtol 1e-10 against the exact density) and a loss run in float64."""
+    """A notebook user's order: `import diffjax`, then `jax_enable_x64`. Every sampler (energy
+    distance at the floor), the Langevin samplers, the likelihood (error < 1e-6 nats at rtol 1e-10
+    against the exact density) and every loss run in float64."""
     out = subprocess.run([sys.executable, "-c", X64_AFTER_IMPORT], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
