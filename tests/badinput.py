@@ -12,8 +12,9 @@ and the failure kind, which fixes the expected exception (a row may override it)
 test suite runs it (jaxtyping signatures checked by beartype) and as a user without beartype
 runs it (`jaxtyping_disable`), so diffjax's own checks must catch it too. Each time the
 exception must be of the expected type, name the argument (`` `name` `` or `'name'`, possibly
-indexed, `shape[0]`, or dotted, `x.shape`), and be raised by diffjax (or the signature
-checker), never by JAX, XLA, diffrax or Equinox internals. A traced row runs once, unchecked.
+as `shape[0]`, `x.shape`, `drift(x, t)` or `kind='velocity'`), and be raised by diffjax (or the
+signature checker), never by JAX, XLA, diffrax or Equinox internals. A traced row runs once,
+unchecked, and only its message is checked (the error is raised by `eqx.error_if`'s callback).
 """
 
 from __future__ import annotations
