@@ -16,7 +16,7 @@ class Config:
     ddpm_batch: int = 1024
     train_steps: int = 20  # Adam steps per timed run
     quality_n: int = 4000  # samples for energy distance / per-mode std
-    quality_nfes: tuple[int, ...] = (5, 10, 20, 50)
+    quality_nfes: tuple[int, ...] = (5, 8, 10, 15, 20, 50)
     nll_points: int = 4096  # 2-D points in the likelihood group
     mixture_batch: int = 256  # [B, 8, 8, 1] mixture NLL, as in the H100 table
     digits_batch: int = 32  # the untrained U-Net's field is stiff (~800 NFE at 1e-3)

@@ -11,6 +11,8 @@ mode; per mode the pooled per-coordinate std; mean over modes of `|std / 0.1 - 1
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +63,17 @@ def ours(dist, n: int) -> dict:
         "dpm_solver order 3": lambda k, m: pair(
             samplers.dpm_solver(k, eps_c, shape, num_steps=m - 1, order=3)
         ),
+        "dpm_solver SDE 2M": lambda k, m: pair(
+            samplers.dpm_solver(k, eps_c, shape, num_steps=m - 1, stochastic=True)
+        ),
+        "unipc (bh2, order 2)": lambda k, m: pair(
+            samplers.unipc(k, eps_c, shape, num_steps=m - 1, order=2)
+        ),
+        "unipc (bh1, order 3)": lambda k, m: pair(
+            samplers.unipc(k, eps_c, shape, num_steps=m - 1, order=3, variant="bh1")
+        ),
+        "heun (EDM)": lambda k, m: pair(samplers.heun(k, eps_c, shape, num_steps=(m + 1) // 2)),
+        "euler (EDM)": lambda k, m: pair(samplers.euler(k, eps_c, shape, num_steps=m)),
         "predictor_corrector": lambda k, m: pair(
             samplers.predictor_corrector(k, score, shape, num_steps=max((m - 1) // 2, 1))
         ),
@@ -77,6 +90,9 @@ def theirs(dist, n: int) -> dict:
 
     eps_model = exact_model(dist, schedules.linear(T), "eps")
     eps_fn = jax.jit(lambda x, t: eps_model(x, t))
+    # Euler/Heun keep x = x_0 + sigma eps (EDM's form): the exact eps at the scheduler's sigma.
+    eps_edm = exact_model(dist, dj.EDM(), "eps")
+    eps_sigma = jax.jit(lambda x, sigma: eps_edm(x, jnp.full(x.shape[:1], sigma)))
     kw = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     makers = {
         "diffusers DDIM": lambda: diffusers.DDIMScheduler(**kw, clip_sample=False),
@@ -86,20 +102,39 @@ def theirs(dist, n: int) -> dict:
         "diffusers DPM-Solver++ (3M)": lambda: diffusers.DPMSolverMultistepScheduler(
             **kw, algorithm_type="dpmsolver++", solver_order=3
         ),
+        "diffusers SDE-DPM-Solver++ (2M)": lambda: diffusers.DPMSolverMultistepScheduler(
+            **kw, algorithm_type="sde-dpmsolver++", solver_order=2
+        ),
         "diffusers UniPC": lambda: diffusers.UniPCMultistepScheduler(**kw),
+        "diffusers Euler (Karras sigmas)": lambda: diffusers.EulerDiscreteScheduler(
+            **kw, use_karras_sigmas=True
+        ),
+        "diffusers Heun (Karras sigmas)": lambda: diffusers.HeunDiscreteScheduler(
+            **kw, use_karras_sigmas=True
+        ),
     }
 
     def sample(make, seed: int, nfe: int):
         scheduler = make()
-        scheduler.set_timesteps(nfe)
+        heun = isinstance(scheduler, diffusers.HeunDiscreteScheduler)
+        karras = heun or isinstance(scheduler, diffusers.EulerDiscreteScheduler)
+        # Heun evaluates twice per level but once at the last: `nfe` evaluations need
+        # (nfe + 1) // 2 levels (N levels: 2N - 1 evaluations, as ours).
+        scheduler.set_timesteps((nfe + 1) // 2 if heun else nfe)
+        keyed = "generator" in inspect.signature(scheduler.step).parameters  # the SDE solvers
         generator = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 2, generator=generator)
+        x = torch.randn(n, 2, generator=generator) * float(getattr(scheduler, "init_noise_sigma", 1.0))
         calls = 0
         for t in scheduler.timesteps:
-            t_ours = jnp.full((n,), int(t) + 1)
-            eps = torch.from_numpy(np.asarray(eps_fn(jnp.asarray(x.numpy()), t_ours)).copy())
+            if karras:
+                scheduler.scale_model_input(x, t)  # sets the scheduler's step index
+                sigma = float(scheduler.sigmas[scheduler.step_index])
+                eps = np.asarray(eps_sigma(jnp.asarray(x.numpy()), sigma))
+            else:
+                eps = np.asarray(eps_fn(jnp.asarray(x.numpy()), jnp.full((n,), int(t) + 1)))
             calls += 1
-            x = scheduler.step(eps, t, x).prev_sample  # all three are deterministic
+            extra = {"generator": generator} if keyed else {}
+            x = scheduler.step(torch.from_numpy(eps.copy()), t, x, **extra).prev_sample
         return x.numpy(), calls
 
     return {name: (lambda s, m, make=make: sample(make, s, m)) for name, make in makers.items()}
@@ -161,7 +196,9 @@ def run(cfg: Config, compile_rows: list) -> str:
             f"against {n} true samples. Ours: DDIM on the discrete schedule, the rest on "
             "`VPSDE.from_ddpm(1000)` with `t_eps = 1e-3` and a final denoising step (counted "
             "in the NFE); predictor-corrector and Heun take `(NFE - 1) // 2` steps (2 "
-            "evaluations each, +1). diffusers: default settings of each scheduler with "
+            "evaluations each, +1); UniPC and DPM-Solver++ take NFE - 1 steps (+1 for the "
+            "final denoising); EDM's Heun `(NFE + 1) // 2` levels (2N - 1 evaluations), Euler "
+            "NFE levels, both on their Karras grid from the process' start. diffusers: default settings of each scheduler with "
             "`beta_schedule='linear'` (DDIM with `clip_sample=False`).",
             "",
             table(header, rows),
