@@ -8,7 +8,9 @@ only known under `jit` are checked with `eqx.error_if` where they are used.
 from __future__ import annotations
 
 import math
+import traceback
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -320,3 +322,38 @@ def check_callable(fn, name: str):
     if not callable(fn):
         raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
     return fn
+
+
+# ---------------------------------------------------------------- diffrax objects
+def check_solver(solver, default, name: str = "solver"):
+    solver = default if solver is None else solver
+    if not isinstance(solver, dfx.AbstractSolver):
+        raise TypeError(f"`{name}` must be a diffrax solver, got {type(solver).__name__}.")
+    return solver
+
+
+def check_controller(controller, default):
+    controller = default if controller is None else controller
+    if not isinstance(controller, dfx.AbstractStepSizeController):
+        raise TypeError(
+            "`stepsize_controller` must be a diffrax step-size controller (e.g. "
+            f"diffrax.PIDController(rtol=1e-5, atol=1e-5)), got {type(controller).__name__}."
+        )
+    return controller
+
+
+def reraise_solver_error(err: Exception, max_steps: int):
+    """Turn diffrax's errors into ones that say which argument to change: diffrax's own
+    `ValueError` / `TypeError` while tracing (terms, solver and controller that do not fit)
+    names the `solver`; running out of steps names `max_steps`."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if isinstance(err, ValueError | TypeError) and frames and "/diffrax/" in frames[-1].filename:
+        raise TypeError(
+            f"`solver` does not fit the problem (its terms or the `stepsize_controller`): {err}"
+        ) from err
+    if "max_steps" in str(err) or "maximum number of solver steps" in str(err):
+        raise RuntimeError(
+            f"the solve needed more than `max_steps` = {max_steps} steps: raise `max_steps` or "
+            "loosen the `stepsize_controller` tolerances."
+        ) from err
+    raise err

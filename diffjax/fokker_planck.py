@@ -48,10 +48,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_float_array, check_positive_int, is_concrete
+from diffjax._checks import (
+    as_float_array,
+    check_controller,
+    check_positive_int,
+    check_solver,
+    is_concrete,
+    reraise_solver_error,
+)
 from diffjax.processes import AbstractProcess
-from diffjax.samplers._driver import check_controller, check_solver
-from diffjax.samplers.sde import _reraise_solver_error
 
 __all__ = ["solve_1d", "solve_sde_1d"]
 
@@ -219,7 +224,7 @@ def solve_1d(
             max_steps=max_steps,
         )
     except Exception as err:
-        _reraise_solver_error(err, max_steps)
+        reraise_solver_error(err, max_steps)
     return sol.ys
 
 

@@ -46,17 +46,19 @@ from diffjax._checks import (
     abstract_output,
     as_float_array,
     check_choice,
+    check_controller,
     check_key,
     check_positive_int,
+    check_solver,
     check_times,
     is_concrete,
+    reraise_solver_error,
     sum_event,
 )
 from diffjax._typing import Key, Scalar
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
-from diffjax.samplers.sde import _reraise_solver_error
 
 __all__ = ["Exact", "Hutchinson", "bits_per_dim", "dequantize", "log_prob", "per_example_max_rms"]
 
@@ -191,8 +193,8 @@ def log_prob(
             f"got {divergence!r}."
         )
     max_steps = check_positive_int(max_steps, "max_steps")
-    solver = drv.check_solver(solver, diffrax.Tsit5())
-    controller = drv.check_controller(
+    solver = check_solver(solver, diffrax.Tsit5())
+    controller = check_controller(
         stepsize_controller, diffrax.PIDController(rtol=1e-5, atol=1e-5, norm=per_example_max_rms)
     )
     if not isinstance(solver, diffrax.AbstractAdaptiveSolver) and isinstance(
@@ -230,7 +232,7 @@ def log_prob(
             t_max.astype(x.dtype), max_steps, prior_log_prob_fn,
         )  # fmt: skip
     except Exception as err:
-        _reraise_solver_error(err, max_steps)
+        reraise_solver_error(err, max_steps)
     info = {
         "nfe": num_steps * per_step + evals_at_start,
         "num_steps": num_steps,

@@ -154,23 +154,6 @@ def _state_map_output(name: str, fn, shape: tuple[int, ...], t_spec):
     return out
 
 
-def check_solver(solver, default, name: str = "solver"):
-    solver = default if solver is None else solver
-    if not isinstance(solver, dfx.AbstractSolver):
-        raise TypeError(f"`{name}` must be a diffrax solver, got {type(solver).__name__}.")
-    return solver
-
-
-def check_controller(controller, default):
-    controller = default if controller is None else controller
-    if not isinstance(controller, dfx.AbstractStepSizeController):
-        raise TypeError(
-            "`stepsize_controller` must be a diffrax step-size controller (e.g. "
-            f"diffrax.PIDController(rtol=1e-5, atol=1e-5)), got {type(controller).__name__}."
-        )
-    return controller
-
-
 def evals_per_step(solver, levy_area=None) -> tuple[int, int]:
     """`(at init, per step)` drift evaluations of a diffrax solver.
 

@@ -11,12 +11,20 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
-from diffjax._checks import as_real_array, check_positive_int, check_shape, check_times
+from diffjax._checks import (
+    as_real_array,
+    check_controller,
+    check_positive_int,
+    check_shape,
+    check_solver,
+    check_times,
+    reraise_solver_error,
+)
 from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
-from diffjax.samplers.sde import _host_grid, _reraise_solver_error
+from diffjax.samplers.sde import _host_grid
 
 __all__ = ["decode", "encode", "ode", "probability_flow"]
 
@@ -43,10 +51,10 @@ def _options(
         num_steps = check_positive_int(num_steps, "num_steps")
         if stepsize_controller is not None:
             raise ValueError("pass either `num_steps` (fixed steps) or `stepsize_controller`.")
-        solver = drv.check_solver(solver, dfx.Heun())
+        solver = check_solver(solver, dfx.Heun())
         return model, solver, None, t_eps, t_max, num_steps, rho
-    solver = drv.check_solver(solver, dfx.Tsit5())
-    controller = drv.check_controller(stepsize_controller, dfx.PIDController(rtol=1e-5, atol=1e-5))
+    solver = check_solver(solver, dfx.Tsit5())
+    controller = check_controller(stepsize_controller, dfx.PIDController(rtol=1e-5, atol=1e-5))
     if isinstance(controller, dfx.AbstractAdaptiveStepSizeController) and not isinstance(
         solver, dfx.AbstractAdaptiveSolver
     ):
@@ -130,7 +138,7 @@ def probability_flow(
             key, model, shape, solver, controller, ts, t_eps, t_max, max_steps, save_times
         )
     except Exception as err:
-        _reraise_solver_error(err, max_steps)
+        reraise_solver_error(err, max_steps)
     return drv.result(x, _nfe(solver, steps) + 1, steps, saved)
 
 
@@ -176,7 +184,7 @@ def _transport(
     try:
         out, _, steps = _pf_ode(model, y, t0, t1, solver, controller, ts, max_steps, None)
     except Exception as err:
-        _reraise_solver_error(err, max_steps)
+        reraise_solver_error(err, max_steps)
     return drv.result(out, _nfe(solver, steps), steps, None)
 
 

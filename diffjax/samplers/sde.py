@@ -6,7 +6,6 @@ Song et al. 2021 (arXiv:2011.13456): `dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) 
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable
 
 import diffrax as dfx
@@ -18,11 +17,14 @@ import numpy as np
 
 from diffjax._checks import (
     check_choice,
+    check_controller,
     check_int,
     check_knob,
     check_positive_int,
+    check_solver,
     check_times,
     is_concrete,
+    reraise_solver_error,
 )
 from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.langevin import NORMS, langevin_corrector
@@ -119,9 +121,9 @@ def reverse_sde(
     rho = drv.check_grid(grid, rho)
     model = drv.check_model(model, shape, continuous=True, process=process)
     t_eps, t_max = check_times(model.process, t_eps, t_max)
-    controller = drv.check_controller(stepsize_controller, None) if stepsize_controller else None
+    controller = check_controller(stepsize_controller, None) if stepsize_controller else None
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
-    solver = drv.check_solver(solver, dfx.ShARK() if adaptive else dfx.Euler())
+    solver = check_solver(solver, dfx.ShARK() if adaptive else dfx.Euler())
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     if projection is not None and adaptive:
         raise ValueError("`projection` needs fixed steps: leave `stepsize_controller` unset.")
@@ -142,28 +144,11 @@ def reverse_sde(
             projection,
         )  # fmt: skip
     except Exception as err:
-        _reraise_solver_error(err, max_steps)
+        reraise_solver_error(err, max_steps)
     init_evals, per_step = drv.evals_per_step(solver, _levy_area(solver))
     if projection is not None:  # FSAL: the first stage is re-evaluated after every projection
         per_step = init_evals + per_step
     return drv.result(x, init_evals + per_step * steps + 1, steps, saved)
-
-
-def _reraise_solver_error(err: Exception, max_steps: int):
-    """Turn diffrax's errors into ones that say which argument to change: diffrax's own
-    `ValueError` / `TypeError` while tracing (terms, solver and controller that do not fit)
-    names the `solver`; running out of steps names `max_steps`."""
-    frames = traceback.extract_tb(err.__traceback__)
-    if isinstance(err, ValueError | TypeError) and frames and "/diffrax/" in frames[-1].filename:
-        raise TypeError(
-            f"`solver` does not fit the problem (its terms or the `stepsize_controller`): {err}"
-        ) from err
-    if "max_steps" in str(err) or "maximum number of solver steps" in str(err):
-        raise RuntimeError(
-            f"the solve needed more than `max_steps` = {max_steps} steps: raise `max_steps` or "
-            "loosen the `stepsize_controller` tolerances."
-        ) from err
-    raise err
 
 
 @eqx.filter_jit
