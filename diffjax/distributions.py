@@ -52,7 +52,7 @@ def _coefficients(process: AbstractMarginal, x: Array, t) -> tuple[Array, Array]
     if isinstance(process, AbstractProcess):
         t = t.astype(x.dtype)
     else:
-        t = process.check_time(t)
+        t = process.check_time(t, traced=False)  # used inside sampler loops: NaN outside 0..T
     check_batch_time(x, t)
     a, s = process.marginal(t)
     return jnp.atleast_1d(a), jnp.atleast_1d(s)

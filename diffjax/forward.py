@@ -6,6 +6,7 @@ The conversions between network outputs live in `diffjax.model`.
 
 from __future__ import annotations
 
+import equinox as eqx
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
@@ -80,8 +81,11 @@ def q_posterior(
     t = schedule.check_time(t)
     check_batch_time(x0, t)
     value = concrete(t)
-    if value is not None and value.size and value.min() < 1:
-        raise ValueError("`t` must lie in 1..T for the posterior q(x_{t-1} | x_t, x_0), got 0.")
+    message = "`t` must lie in 1..T for the posterior q(x_{t-1} | x_t, x_0)"
+    if value is None:
+        t = eqx.error_if(t, t < 1, message + ".")
+    elif value.size and value.min() < 1:
+        raise ValueError(message + ", got 0.")
     c0 = expand_to(schedule.posterior_mean_coef_x0[t], x0)
     ct = expand_to(schedule.posterior_mean_coef_xt[t], x0)
     return c0 * x0 + ct * x_t, schedule.posterior_variance[t]

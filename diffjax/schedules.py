@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
@@ -77,8 +78,14 @@ class DiscreteSchedule(AbstractMarginal):
     def prior_std(self) -> float:
         return 1.0
 
-    def check_time(self, t: ArrayLike, name: str = "t") -> Array:
-        """`t` must be an integer step in `0..T` (checked when concrete)."""
+    def check_time(self, t: ArrayLike, name: str = "t", *, traced: bool = True) -> Array:
+        """`t` must be integer steps in `0..T`.
+
+        A concrete `t` is checked now (`ValueError`); a traced one by `eqx.error_if` at run time
+        when `traced` (the boundary functions `q_sample`, `q_posterior`). Inside sampler loops
+        the check is off (a conditional per step costs a host sync on GPU): there the table
+        lookups give NaN for an out-of-range step instead of clamping it.
+        """
         t = as_real_array(t, name)
         if not jnp.issubdtype(t.dtype, jnp.integer):
             raise TypeError(
@@ -86,21 +93,29 @@ class DiscreteSchedule(AbstractMarginal):
                 f"got dtype {t.dtype}."
             )
         value = concrete(t)
-        if value is not None and value.size and (value.min() < 0 or value.max() > self.num_steps):
+        bounds = f"in 0..{self.num_steps}"
+        if value is None:
+            if traced:
+                t = eqx.error_if(t, (t < 0) | (t > self.num_steps), f"`{name}` must lie {bounds}.")
+        elif value.size and (value.min() < 0 or value.max() > self.num_steps):
             raise ValueError(
-                f"`{name}` must lie in 0..{self.num_steps}, got values in "
-                f"[{int(value.min())}, {int(value.max())}]."
+                f"`{name}` must lie {bounds}, got values in [{int(value.min())}, {int(value.max())}]."
             )
         return t
 
+    def _lookup(self, table: Array, t: ArrayLike) -> Array:
+        """`table[t]` for steps `t` in `0..T`, NaN (not a clamped entry) outside."""
+        t = self.check_time(t, traced=False)
+        inside = (t >= 0) & (t <= self.num_steps)
+        return jnp.where(inside, table[jnp.clip(t, 0, self.num_steps)], jnp.nan)
+
     def alpha_bar(self, t: ArrayLike) -> Array:
         """`alpha_bar(t) = prod_{s=1}^t (1 - beta_s)`, same shape as `t`."""
-        return self.alpha_bars[self.check_time(t)]
+        return self._lookup(self.alpha_bars, t)
 
     def beta(self, t: ArrayLike) -> Array:
         """`beta_t` for `t` in `1..T` (`t = 0` gives 0)."""
-        t = self.check_time(t)
-        return jnp.concatenate([jnp.zeros((1,), self.betas.dtype), self.betas])[t]
+        return self._lookup(jnp.concatenate([jnp.zeros((1,), self.betas.dtype), self.betas]), t)
 
     def marginal(self, t: ArrayLike) -> tuple[Array, Array]:
         """`(sqrt(alpha_bar(t)), sqrt(1 - alpha_bar(t)))`."""

@@ -155,6 +155,9 @@ FORWARD = [
     Row("q_sample-schedule-t-range", lambda: dj.q_sample(SCH, X, 11, X), "t", "range"),
     Row("q_posterior-schedule-vp", lambda: dj.q_posterior(VP, X, X, 1), "schedule", "type"),
     Row("q_posterior-t-zero", lambda: dj.q_posterior(SCH, X, X, 0), "t", "range"),
+    Row("q_sample-schedule-t-traced", lambda: _jit(lambda t: dj.q_sample(SCH, X, t, X))(11), "t", "traced"),
+    Row("q_sample-schedule-t-traced-neg", lambda: _jit(lambda t: dj.q_sample(SCH, X, t, X))(-1), "t", "traced"),
+    Row("q_posterior-t-traced-zero", lambda: _jit(lambda t: dj.q_posterior(SCH, X, X, t))(0), "t", "traced"),
     Row("q_posterior-x_t-shape", lambda: dj.q_posterior(SCH, X, jnp.zeros((3, 2)), 1), "x_t", "shape"),
     Row("q_posterior-x0-str", lambda: dj.q_posterior(SCH, "x", X, 1), "x0", "type"),
 ]

@@ -193,3 +193,18 @@ def test_posterior_jit_and_vmap():
 def test_validation_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_traced_out_of_range_steps_give_nan_not_a_clamped_entry():
+    """Inside `jit` (sampler loops skip the run-time check) a step outside `0..T` looks up NaN:
+    before, `alpha_bars[T + 1]` silently returned `alpha_bar(T)` and `[-1]` wrapped to it."""
+    sched = schedules.linear(10)
+    lookup = jax.jit(lambda t: (sched.alpha_bar(t), sched.beta(t)))
+    ab, beta = lookup(jnp.array([-1, 0, 10, 11]))
+    np.testing.assert_array_equal(np.isnan(ab), [True, False, False, True])
+    np.testing.assert_array_equal(np.isnan(beta), [True, False, False, True])
+    np.testing.assert_allclose(ab[1:3], [1.0, np.prod(1.0 - np.asarray(sched.betas))], rtol=1e-5)
+    np.testing.assert_allclose(beta[1:3], [0.0, sched.betas[-1]])
+    model = dj.Model(lambda x, t: jnp.zeros_like(x), sched, "eps")
+    x0 = jax.jit(lambda x, t: model.x0(x, t))(jnp.ones((2, 3)), jnp.array([5, 11]))
+    assert np.all(np.isfinite(x0[0])) and np.all(np.isnan(x0[1]))
