@@ -203,4 +203,5 @@ def _main(argv) -> int:
 
 
 if __name__ == "__main__":
+    common.enable_compilation_cache()
     sys.exit(main())

@@ -122,6 +122,40 @@ def test_cli_process_exit_code():
     ]
 
 
+_COUNT_COMPILES = """
+import collections, jax, runpy, sys
+events = collections.Counter()
+jax.monitoring.register_event_listener(lambda name, **kw: events.update([name]))
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+print("misses", events["/jax/compilation_cache/cache_misses"], "hits", events["/jax/compilation_cache/cache_hits"])
+"""
+
+
+def test_second_run_compiles_nothing(tmp_path, monkeypatch):
+    """The command line turns on the persistent compilation cache ($DIFFJAX_COMPILATION_CACHE):
+    the first run fills it, a second run of the same configuration takes every program from
+    it (no cache miss), and `off` turns it off."""
+    argv = [os.path.join(SCRIPTS, "train.py"), "--workdir", str(tmp_path / "run"), "--overwrite"]
+    argv += ["--steps", "2", *TINY, *NO_EVAL]
+
+    def counts(cache: str) -> tuple[int, int]:
+        env = {**os.environ, "DIFFJAX_COMPILATION_CACHE": cache}
+        proc = subprocess.run([sys.executable, "-c", _COUNT_COMPILES, *argv], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        _, misses, _, hits = proc.stdout.split()[-4:]
+        return int(misses), int(hits)
+
+    first, second = counts(str(tmp_path / "cache")), counts(str(tmp_path / "cache"))
+    assert first[0] > 10 and second == (0, sum(first)), (first, second)
+    monkeypatch.setenv("DIFFJAX_COMPILATION_CACHE", "off")
+    assert common.enable_compilation_cache() is None
+
+
 @pytest.mark.parametrize("module", [sample, evaluate])
 def test_missing_run_or_checkpoint(module, tmp_path, capsys):
     assert module.main(["--workdir", str(tmp_path)]) == 2
