@@ -15,6 +15,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1
 # on tiny shapes; skipping most optimisations cuts compile CPU by ~20% and the programs stay
 # correct. Subprocesses (notebooks, scripts) inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# The scripts run as subprocesses must not fill the user's compilation cache.
+os.environ.setdefault("DIFFJAX_COMPILATION_CACHE", "off")
 
 import jax.numpy as jnp
 import numpy as np
