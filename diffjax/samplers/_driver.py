@@ -201,6 +201,22 @@ def _counted_evals(solver, levy_area) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- the time grid
+SIGMA_MAX = 80.0  # Karras et al.'s largest noise level sigma / alpha
+
+
+def default_t_max(process: AbstractProcess, t_max, *, every_process: bool = False):
+    """`t_max`, or when `None` the process' `t_max` or, if earlier, the time of the EDM noise
+    level `SIGMA_MAX = 80` (`lambda = -log 80`): on every process (`every_process`, EDM's
+    samplers) or only on the interpolants (`alpha(1) = 0`: rectified flow, cosine), whose own
+    `t_max = 1 - 1e-4` is level `1e4` (a log-SNR grid from there spends its first steps where
+    nothing happens; at 10 NFE UniPC on rectified flow: energy distance 0.053 -> 0.006)."""
+    # The interpolants are the paths that start below `T` (`AbstractProcess.t_max`).
+    if t_max is not None or not (every_process or process.t_max < process.T):
+        return t_max
+    with jax.ensure_compile_time_eval():
+        return jnp.minimum(process.t_max, process.t_from_log_snr(jnp.asarray(-np.log(SIGMA_MAX))))
+
+
 def time_grid(process: AbstractProcess, num_steps: int, grid: str, t_eps, t_max, rho) -> Array:
     """`[N + 1]` times from `t_max` down to `t_eps`, traceable in `t_eps`, `t_max` and `rho`.
 

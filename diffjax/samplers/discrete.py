@@ -149,6 +149,8 @@ def ddim(
         shape: `[B, *event]`.
         num_steps: number of steps `N` (at most `T` on a schedule).
         eta: in `[0, 1]`, may be traced.
+        t_eps, t_max: on a continuous process, as in `dpm_solver` (by default rectified flow
+            and the cosine path start at EDM noise level 80).
         process: optional continuous process to sample on (the model is moved to it).
         save_times: optional steps (schedule) or times; the state at the first grid point at or
             below each is saved.
@@ -166,6 +168,7 @@ def ddim(
     if continuous:
         grid = "logsnr" if grid is None else grid
         rho = drv.check_grid(grid, rho)
+        t_max = drv.default_t_max(model.process, t_max)
         t_eps, t_max = check_times(model.process, t_eps, t_max)
         save_times = drv.check_save_times(save_times, t_eps, t_max)
         t_dtype = t_eps.dtype

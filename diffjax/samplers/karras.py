@@ -24,7 +24,7 @@ from diffjax.samplers import _driver as drv
 
 __all__ = ["SIGMA_MAX", "euler", "heun"]
 
-SIGMA_MAX = 80.0  # Karras et al.'s largest noise level: the default start of these samplers
+SIGMA_MAX = drv.SIGMA_MAX  # Karras et al.'s largest noise level: the default start of these samplers
 
 
 def heun(
@@ -115,10 +115,7 @@ def _karras_sampler(
     s_tmax = None if s_tmax is None else check_knob(s_tmax, "s_tmax", 0.0)
     s_noise = check_knob(s_noise, "s_noise", 0.0)
     model = drv.check_model(model, shape, continuous=True, process=process)
-    if t_max is None:  # no higher than EDM's sigma_max: the Karras grid would waste steps there
-        with jax.ensure_compile_time_eval():
-            p = model.process
-            t_max = jnp.minimum(p.t_max, p.t_from_log_snr(jnp.asarray(-math.log(SIGMA_MAX))))
+    t_max = drv.default_t_max(model.process, t_max, every_process=True)
     t_eps, t_max = check_times(model.process, t_eps, t_max)
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     stochastic = not (is_concrete(churn) and float(churn) == 0.0)

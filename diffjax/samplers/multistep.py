@@ -74,7 +74,9 @@ def dpm_solver(
         shape: `[B, *event]`.
         num_steps: `N`; order: 1, 2 or 3 (1 or 2 with `stochastic`).
         stochastic: SDE-DPM-Solver++ instead of the ODE solver.
-        t_eps, t_max: end and start times (default: the process' `t_eps`, `t_max`); may be traced.
+        t_eps, t_max: end and start times (default: the process' `t_eps`, and its `t_max` or,
+            on rectified flow and the cosine path, the time of EDM noise level 80, 0.988);
+            may be traced.
         lower_order_final: lower the final orders when `num_steps < 10`.
         process: optional process to sample on (the model is moved to it by log-SNR matching).
         save_times: optional times in `[t_eps, t_max]`; the state at the first grid time at or
@@ -171,6 +173,7 @@ def _setup(key, model, shape, num_steps, order, grid, rho, t_eps, t_max, lower_o
     check_choice(check_int(order, "order"), "order", (1, 2, 3))
     rho = drv.check_grid(grid, rho)
     model = drv.check_model(model, shape, continuous=True, process=process)
+    t_max = drv.default_t_max(model.process, t_max)
     t_eps, t_max = check_times(model.process, t_eps, t_max)
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     ts = drv.time_grid(model.process, num_steps, grid, t_eps, t_max, rho)
