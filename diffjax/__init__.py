@@ -10,6 +10,7 @@ its network predicts. Topical modules follow the lecture notes. `nets` (Flax), `
 import importlib
 
 from diffjax import (
+    cache,
     data,
     distributions,
     fokker_planck,
@@ -23,6 +24,7 @@ from diffjax import (
     samplers,
     schedules,
 )
+from diffjax.cache import enable_compilation_cache
 from diffjax.distributions import GaussianMixture, exact_model, gaussian
 from diffjax.forward import q_posterior, q_sample
 from diffjax.guidance import (
@@ -65,11 +67,13 @@ __all__ = [
     "RectifiedFlow",
     "SubVPSDE",
     "autoguidance",
+    "cache",
     "classifier_free",
     "classifier_guidance",
     "data",
     "distributions",
     "edm_model",
+    "enable_compilation_cache",
     "exact_model",
     "fokker_planck",
     "forward",

@@ -56,32 +56,6 @@ TOY_SETS = {
 }
 
 
-# ----------------------------------------------------------------------------- compilation cache
-
-CACHE_ENV = "DIFFJAX_COMPILATION_CACHE"
-
-
-def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache for a command-line run, so that a second run
-    of the same configuration compiles nothing; returns the directory (`None`: off).
-
-    The directory is `$DIFFJAX_COMPILATION_CACHE` (`off` or empty turns it off), else
-    `$XDG_CACHE_HOME/diffjax/jax` (`~/.cache/diffjax/jax`). Every program is cached, however
-    fast it compiled (JAX's default keeps only those over 1 s, which leaves most of a small
-    run's compilations out).
-    """
-    directory = os.environ.get(CACHE_ENV)
-    if directory is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        directory = os.path.join(base, "diffjax", "jax")
-    if directory.strip().lower() in ("", "off", "0", "none"):
-        return None
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return directory
-
-
 # ----------------------------------------------------------------------------- data
 
 

@@ -27,7 +27,7 @@ import common  # noqa: E402
 import plots  # noqa: E402
 from configs import SampleOptions, UsageError, parse_options, run_main  # noqa: E402
 
-from diffjax import metrics  # noqa: E402
+from diffjax import cache, metrics  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -78,5 +78,5 @@ def _main(argv) -> int:
 
 
 if __name__ == "__main__":
-    common.enable_compilation_cache()
+    cache.enable_compilation_cache()
     sys.exit(main())

@@ -57,7 +57,7 @@ from configs import (  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from diffjax import data, training  # noqa: E402
+from diffjax import cache, data, training  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -447,5 +447,5 @@ def _main(argv) -> int:
 
 
 if __name__ == "__main__":
-    common.enable_compilation_cache()
+    cache.enable_compilation_cache()
     sys.exit(main())

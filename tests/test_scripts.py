@@ -153,7 +153,9 @@ def test_second_run_compiles_nothing(tmp_path, monkeypatch):
     first, second = counts(str(tmp_path / "cache")), counts(str(tmp_path / "cache"))
     assert first[0] > 10 and second == (0, sum(first)), (first, second)
     monkeypatch.setenv("DIFFJAX_COMPILATION_CACHE", "off")
-    assert common.enable_compilation_cache() is None
+    assert dj.enable_compilation_cache() is None
+    with pytest.raises(TypeError, match="directory"):
+        dj.enable_compilation_cache(3)
 
 
 @pytest.mark.parametrize("module", [sample, evaluate])
