@@ -6,7 +6,6 @@ The conversions between network outputs live in `diffjax.model`.
 
 from __future__ import annotations
 
-import equinox as eqx
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
@@ -78,14 +77,8 @@ def q_posterior(
     x_t = as_float_array(x_t, "x_t")
     if x0.shape != x_t.shape:
         raise ValueError(f"`x_t` must have the shape of `x0` {x0.shape}, got {x_t.shape}.")
-    t = schedule.check_time(t)
+    t = schedule.check_time(t, low=1)  # q(x_{t-1} | x_t, x_0) needs t >= 1
     check_batch_time(x0, t)
-    value = concrete(t)
-    message = "`t` must lie in 1..T for the posterior q(x_{t-1} | x_t, x_0)"
-    if value is None:
-        t = eqx.error_if(t, t < 1, message + ".")
-    elif value.size and value.min() < 1:
-        raise ValueError(message + ", got 0.")
     c0 = expand_to(schedule.posterior_mean_coef_x0[t], x0)
     ct = expand_to(schedule.posterior_mean_coef_xt[t], x0)
     return c0 * x0 + ct * x_t, schedule.posterior_variance[t]

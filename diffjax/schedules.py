@@ -78,8 +78,10 @@ class DiscreteSchedule(AbstractMarginal):
     def prior_std(self) -> float:
         return 1.0
 
-    def check_time(self, t: ArrayLike, name: str = "t", *, traced: bool = True) -> Array:
-        """`t` must be integer steps in `0..T`.
+    def check_time(
+        self, t: ArrayLike, name: str = "t", *, low: int = 0, traced: bool = True
+    ) -> Array:
+        """`t` must be integer steps in `low..T` (`low = 1` for the posterior).
 
         A concrete `t` is checked now (`ValueError`); a traced one by `eqx.error_if` at run time
         when `traced` (the boundary functions `q_sample`, `q_posterior`). Inside sampler loops
@@ -93,11 +95,11 @@ class DiscreteSchedule(AbstractMarginal):
                 f"got dtype {t.dtype}."
             )
         value = concrete(t)
-        bounds = f"in 0..{self.num_steps}"
+        bounds = f"in {low}..T = {low}..{self.num_steps}"
         if value is None:
             if traced:
-                t = eqx.error_if(t, (t < 0) | (t > self.num_steps), f"`{name}` must lie {bounds}.")
-        elif value.size and (value.min() < 0 or value.max() > self.num_steps):
+                t = eqx.error_if(t, (t < low) | (t > self.num_steps), f"`{name}` must lie {bounds}.")
+        elif value.size and (value.min() < low or value.max() > self.num_steps):
             raise ValueError(
                 f"`{name}` must lie {bounds}, got values in [{int(value.min())}, {int(value.max())}]."
             )

@@ -11,7 +11,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1
     flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
 
-# Tests are dominated by XLA compile time (backend compilation: ~80% of test_karras' wall time)
+# Tests are dominated by XLA compile time (backend compilation: ~70% of test_karras' wall time)
 # on tiny shapes; skipping most optimisations cuts compile CPU by ~20% and the programs stay
 # correct. Subprocesses (notebooks, scripts) inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
