@@ -22,6 +22,7 @@ class Config:
     digits_batch: int = 32  # the untrained U-Net's field is stiff (~800 NFE at 1e-3)
     unet_train_steps: int = 0  # Adam steps on the digits U-Net before the bits/dim (0: untrained)
     digits_tol: float = 1e-3  # rtol = atol of the digits NLL
+    digits_steps: int = 0  # training steps of each digits recipe (0: the recipe's own)
     quick: bool = False
     match: str = ""  # regex: only the overhead rows whose name matches (all when empty)
 
@@ -45,5 +46,6 @@ def quick() -> Config:
         mixture_batch=8,
         digits_batch=8,
         unet_train_steps=1,
+        digits_steps=2,
         quick=True,
     )

@@ -3,12 +3,15 @@
     python -m benchmarks.run [--quick] [--only overhead,peers,quality,likelihood] [--out PATH]
                              [--match REGEX] [--repeats N]
 
+`--only digits_recipes` (opt-in, about an hour on two CPU cores; `--digits-steps N` trains each
+recipe N steps) re-runs the digits recipe table at the end of section 4b
+(`benchmarks/digits_recipes.py`), otherwise carried over from the existing `--out`.
 `--quick` uses tiny sizes to check the code paths (its numbers mean nothing); `--match` keeps
 the overhead rows whose name matches (to re-measure a few); section 5b (training recipes,
 `python -m benchmarks.recipes`, pasted by hand) is carried over from the existing `--out`. The peer
-comparisons need the `bench` extra (torch 2.13.0 CPU, diffusers); without it they are skipped
-with a note. Groups run in one process, one after another; every ratio is measured back to back
-within a group.
+comparisons need the `bench` extra (torch 2.13.0 CPU, diffusers, diffusionjax, FlaxDiff,
+flowjax); without it they are skipped with a note. Groups run in one process, one after another;
+every ratio is measured back to back within a group.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ import time
 from benchmarks import config, gpu
 from benchmarks.timing import table
 
-GROUPS = ("overhead", "peers", "quality", "likelihood")  # modules of `benchmarks`, run in order
+# modules of `benchmarks`, run in order
+GROUPS = ("overhead", "peers", "jax_peers", "quality", "likelihood", "flow_peer")
+OPT_IN = ("digits_recipes",)  # groups run only when `--only` names them (it takes an hour)
+DIGITS_RECIPES_HEADING = "#### Digits recipes"  # its block, at the end of section 4b
 KEPT = ("## 5b.",)  # sections written by hand from other scripts (benchmarks/recipes.py): kept
 
 
@@ -43,6 +49,22 @@ def kept_sections(path: str) -> list[str]:
         return []
     parts = ("\n" + text).split("\n## ")
     return ["## " + p.strip() for p in parts[1:] if ("## " + p).startswith(KEPT)]
+
+
+def kept_block(path: str, heading: str) -> str:
+    """The block of the existing `path` from the line `heading...` to the next `## ` or
+    `### ` heading ("" when absent)."""
+    try:
+        with open(path) as f:
+            text = "\n" + f.read()
+    except OSError:
+        return ""
+    start = text.find("\n" + heading)
+    if start < 0:
+        return ""
+    ends = [text.find(mark, start + 1) for mark in ("\n## ", "\n### ")]
+    end = min([e for e in ends if e >= 0], default=len(text))
+    return text[start + 1 : end].strip()
 
 
 def _version(name: str) -> str:
@@ -67,7 +89,7 @@ def machine(load_before, load_after, elapsed: float, cfg) -> str:
     import jax
 
     packages = ["jax", "jaxlib", "flax", "diffrax", "equinox", "optax", "numpy", "scipy"]
-    packages += ["torch", "diffusers"]
+    packages += ["torch", "diffusers", "diffusionjax", "flaxdiff", "flowjax"]
     rows = [
         ["date", datetime.datetime.now().isoformat(timespec="minutes")],
         ["CPU", f"{_cpu_model()}, {os.cpu_count()} logical cores"],
@@ -98,15 +120,20 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"))
     parser.add_argument("--match", default="", help="only the rows whose name has this regex")
     parser.add_argument("--repeats", type=int, default=None, help="steady-state runs per timing")
+    parser.add_argument(
+        "--digits-steps", type=int, default=0, help="digits_recipes: training steps (0: own)"
+    )
     args = parser.parse_args()
     cfg = config.quick() if args.quick else config.full()
     cfg = dataclasses.replace(cfg, match=args.match)
     if args.repeats is not None:
         cfg = dataclasses.replace(cfg, repeats=args.repeats)
+    if args.digits_steps:
+        cfg = dataclasses.replace(cfg, digits_steps=args.digits_steps)
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
-    unknown = set(groups) - set(GROUPS)
+    unknown = set(groups) - set(GROUPS + OPT_IN)
     if unknown:
-        parser.error(f"unknown groups {sorted(unknown)}; choose from {list(GROUPS)}")
+        parser.error(f"unknown groups {sorted(unknown)}; choose from {list(GROUPS + OPT_IN)}")
 
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -116,6 +143,8 @@ def main() -> None:
         t0 = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{name}")
         sections.append(module.run(cfg, compile_rows))
+        if name == "likelihood" and "digits_recipes" not in groups:  # its block in 4b: kept
+            sections[-1] += "\n\n" + kept_block(args.out, DIGITS_RECIPES_HEADING)
         print(f"[{name}] {time.perf_counter() - t0:.0f} s", flush=True)
     elapsed = time.perf_counter() - start
     load_after = os.getloadavg()

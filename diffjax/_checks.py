@@ -318,6 +318,28 @@ def check_choice(value, name: str, choices: tuple):
     return value
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+"""The dtypes a network may compute in (its parameters stay float32)."""
+
+
+def check_dtype(dtype, name: str = "dtype") -> jnp.dtype | None:
+    """A compute dtype: `None`, or one of `COMPUTE_DTYPES` by name or as a dtype
+    (`"bfloat16"`, `jnp.bfloat16`), returned as a `jnp.dtype`. Not a dtype at all is a
+    `TypeError`, another dtype (`int8`, `float64`) a `ValueError`."""
+    if dtype is None:
+        return None
+    expected = f"`{name}` must be one of {COMPUTE_DTYPES} or None"
+    if isinstance(dtype, bool) or not isinstance(dtype, (str, type, np.dtype)):
+        raise TypeError(f"{expected}, got {dtype!r}.")
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{expected}, got {dtype!r}.") from None
+    if dt.name not in COMPUTE_DTYPES:
+        raise ValueError(f"{expected}, got {dt.name}.")
+    return dt
+
+
 def check_callable(fn, name: str):
     if not callable(fn):
         raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")

@@ -14,3 +14,4 @@ Scalar = int | float | np.number | np.ndarray | Array  # a real scalar; may be a
 Batch = Float[Array, "B *event"]  # a batch of states
 Values = ArrayLike | Sequence  # host-side values (save times, noise levels, betas): arrays or lists
 Int = int | np.integer  # a count (steps, orders): Python or NumPy integer
+DType = str | type | np.dtype | None  # a compute dtype: "bfloat16", jnp.bfloat16, np.dtype(...)

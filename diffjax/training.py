@@ -19,11 +19,29 @@ device of every host, `shard_batch` takes each process's local slice of the glob
 `replicate` expects identical values in every process (same seed). Randomness is drawn for
 the global batch from one key inside the compiled step, so 1 and N devices give the same
 result up to floating-point reduction order.
+
+Parameter sharding (FSDP, ZeRO-3 style) uses the same 1-D mesh for both: the batch is sharded
+over `data_axis` as above, and so are the parameters, their EMA and the optimiser state, each
+array split along one dimension (`fsdp_sharding`), so every device holds `1/N` of each large
+array. Place the state with `jax.device_put` and pass the same shardings to the step, which
+keeps them; XLA inserts the collectives (all-gathers of the sharded parameters for the
+forward and backward pass, the reduction of each gradient onto its shards):
+
+    mesh = make_mesh()
+    sharding = fsdp_sharding(state, mesh)
+    state = jax.device_put(state, sharding)
+    train_step = make_train_step(loss_fn, optimizer, mesh=mesh, state_sharding=sharding)
+
+`Checkpointer.restore(like)` with a sharded `like` restores into the same shardings. (On
+several hosts the checkpoint checksum, `state_digest`, cannot yet read arrays split across
+hosts: checkpoint FSDP states from one host.)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -44,6 +62,7 @@ __all__ = [
     "TrainState",
     "create_train_state",
     "ema_warmup_decay",
+    "fsdp_sharding",
     "make_mesh",
     "make_train_step",
     "replicate",
@@ -130,6 +149,7 @@ def make_train_step(
     ema_decay: float | None = None,
     mesh: Mesh | None = None,
     data_axis: str = "data",
+    state_sharding=None,
     donate: bool = True,
 ) -> Callable:
     r"""A jitted pure step `(state, batch, key) -> (state, metrics)`.
@@ -152,26 +172,38 @@ def make_train_step(
         optimizer: an `optax.GradientTransformation` (chain clipping and schedules into it).
         ema_decay: the EMA's decay in (0, 1), reached after the warm-up of
             `ema_warmup_decay`, or `None`; must match `create_train_state`.
-        mesh: a `jax.sharding.Mesh` for data parallelism: the state and key are replicated
-            and every leaf of `batch` is sharded along its leading axis over `data_axis`
-            (use `replicate` / `shard_batch`). `None`: plain `jax.jit` on the default device.
+        mesh: a `jax.sharding.Mesh` for data parallelism: the state (unless
+            `state_sharding`) and key are replicated and every leaf of `batch` is sharded along
+            its leading axis over `data_axis` (use `replicate` / `shard_batch`). `None`:
+            plain `jax.jit` on the default device.
+        data_axis: the mesh axis the batch is sharded over.
+        state_sharding: with `mesh`, the shardings of the state (a pytree of
+            `jax.sharding.Sharding` matching the state, or one for all of it), e.g.
+            `fsdp_sharding(state, mesh)`; the step takes and returns the state with these
+            shardings. `None`: replicated.
         donate: donate the input state's buffers to the output (the input state must not be
             used after the call).
 
     Returns:
         `train_step`; `metrics` holds the loss function's metrics plus `loss`, `grad_norm`
-        (before the optimiser's own clipping) and `nonfinite`.
+        (before the optimiser's own clipping) and `nonfinite`. With `mesh`, a leaf of `batch`
+        whose leading size is not divisible by the `data_axis` size is a `ValueError`.
     """
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}.")
     _check_optimizer(optimizer)
     ema_decay = _check_ema_decay(ema_decay)
     if mesh is not None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
-        if data_axis not in mesh.axis_names:
-            raise ValueError(
-                f"`data_axis` {data_axis!r} is not an axis of the mesh {mesh.axis_names}."
+        _check_mesh(mesh, data_axis)
+    if state_sharding is not None:
+        if mesh is None:
+            raise ValueError("`state_sharding` needs a `mesh`.")
+        leaves = jax.tree.leaves(state_sharding)
+        bad = [s for s in leaves if not isinstance(s, jax.sharding.Sharding)]
+        if bad:
+            raise TypeError(
+                "`state_sharding` must be a pytree of jax.sharding.Sharding, got a leaf of type "
+                f"{type(bad[0]).__name__}."
             )
 
     def checked_loss(params, batch, key):
@@ -217,12 +249,28 @@ def make_train_step(
         return jax.jit(train_step, donate_argnums=donate_argnums)
     replicated = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec(data_axis))
-    return jax.jit(
+    state_sharding = replicated if state_sharding is None else state_sharding
+    sharded_step = jax.jit(
         train_step,
-        in_shardings=(replicated, data, replicated),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_sharding, data, replicated),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=donate_argnums,
     )
+    num_shards = mesh.shape[data_axis]
+
+    @functools.wraps(train_step)
+    def checked_step(state, batch, key):
+        # jit's own error for an indivisible batch names neither the argument nor the axis.
+        for leaf in jax.tree.leaves(batch):
+            shape = np.shape(leaf)
+            if not shape or shape[0] % num_shards:
+                raise ValueError(
+                    f"every leaf of `batch` needs a leading axis divisible by the {num_shards} "
+                    f"devices of the mesh axis {data_axis!r}, got shape {shape}."
+                )
+        return sharded_step(state, batch, key)
+
+    return checked_step
 
 
 # ----------------------------------------------------------------------------- data parallel
@@ -237,6 +285,48 @@ def make_mesh(devices=None, *, data_axis: str = "data") -> Mesh:
     return Mesh(np.asarray(devices), (data_axis,))
 
 
+def _check_mesh(mesh, data_axis: str) -> None:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+    if data_axis not in mesh.axis_names:
+        raise ValueError(f"`data_axis` {data_axis!r} is not an axis of the mesh {mesh.axis_names}.")
+
+
+def fsdp_sharding(tree, mesh: Mesh, *, data_axis: str = "data", min_size: int = 1024):
+    """FSDP shardings of `tree` (e.g. a `TrainState`): each array split over `data_axis`.
+
+    An array of shape `(d_1, ..., d_k)` is split along its largest `d_i` divisible by the
+    axis size `N` (the first such one on ties), so each device holds a `d_i / N` slice;
+    arrays with fewer than `min_size` elements, or with no divisible dimension (scalars such
+    as the step and Adam's count, odd-sized vectors), are replicated. Optimiser moments have
+    the shapes of the parameters and get the same split.
+
+    Args:
+        tree: a pytree of arrays (or `jax.ShapeDtypeStruct`s).
+        mesh: the mesh; `data_axis` must be one of its axes.
+        min_size: the smallest array (in elements) that is split; splitting a smaller one
+            saves less memory than its collectives cost.
+
+    Returns:
+        A pytree of `NamedSharding` with the structure of `tree`, for `jax.device_put` and
+        `make_train_step(..., state_sharding=...)`.
+    """
+    _check_mesh(mesh, data_axis)
+    min_size = check_positive_int(min_size, "min_size")
+    num_shards = mesh.shape[data_axis]
+
+    def spec(leaf) -> NamedSharding:
+        shape = np.shape(leaf)
+        dims = [i for i, d in enumerate(shape) if d % num_shards == 0]
+        if math.prod(shape) < min_size or not dims:
+            return NamedSharding(mesh, PartitionSpec())
+        split = max(dims, key=lambda i: shape[i])
+        axes = [data_axis if i == split else None for i in range(len(shape))]
+        return NamedSharding(mesh, PartitionSpec(*axes))
+
+    return jax.tree.map(spec, tree)
+
+
 def replicate(tree, mesh: Mesh):
     """Place every leaf of `tree` (e.g. a `TrainState`) on every device of `mesh`."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
@@ -248,8 +338,7 @@ def shard_batch(batch, mesh: Mesh, *, data_axis: str = "data"):
     Each process passes its local slice of the global batch (single process: the whole
     batch); the leading size must be divisible by the number of this process's devices.
     """
-    if data_axis not in mesh.axis_names:
-        raise ValueError(f"`data_axis` {data_axis!r} is not an axis of the mesh {mesh.axis_names}.")
+    _check_mesh(mesh, data_axis)
     sharding = NamedSharding(mesh, PartitionSpec(data_axis))
     num_local = len(mesh.local_devices)
 
@@ -257,7 +346,7 @@ def shard_batch(batch, mesh: Mesh, *, data_axis: str = "data"):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
         if x.ndim < 1 or x.shape[0] % num_local:
             raise ValueError(
-                f"every batch leaf needs a leading axis divisible by the {num_local} local "
+                f"every leaf of `batch` needs a leading axis divisible by the {num_local} local "
                 f"devices, got shape {x.shape}."
             )
         return jax.make_array_from_process_local_data(sharding, x)

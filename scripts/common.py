@@ -232,7 +232,11 @@ def check_config(config: Config, dataset: Dataset) -> None:
             "--weighting applies to --loss dsm only; the edm loss has EDM's own weighting "
             "(set --p_mean, --p_std)."
         )
-    for name in ("logit_std", "sigma_data", "p_std"):
+    if config.importance_sampling and (
+        config.loss != "dsm" or dsm_weighting(config) != "likelihood"
+    ):
+        raise UsageError("--importance_sampling needs --loss dsm and --weighting likelihood.")
+    for name in ("logit_std", "sigma_data", "p_std", "eval_t_eps"):
         if not getattr(config, name) > 0:
             raise UsageError(f"--{name} must be positive, got {getattr(config, name)}.")
     if config.time_scale < 0:
@@ -280,6 +284,7 @@ def make_network(config: Config, dataset: Dataset, process) -> nnx.Module:
         time_embedding=config.time_embedding,
         time_scale=time_scale,
         num_classes=num_classes,
+        dtype=config.dtype,
         rngs=rngs,
     )
     try:
@@ -399,6 +404,7 @@ def make_loss_fn(config: Config, dataset: Dataset, apply, process):
             prediction=prediction,
             weighting=dsm_weighting(config),
             t_eps=config.train_t_eps,
+            importance_sampling=config.importance_sampling,
         )
 
     return loss_fn
@@ -695,14 +701,21 @@ def sample(run: Run, params, sampler: str, key, num: int, *, labels=None, **opti
 
 
 
-def nll(run: Run, params, x, key, *, batch: int = 500) -> dict[str, float]:
+def nll(
+    run: Run, params, x, key, *, batch: int = 500, dequantization: str = "", t_eps: float = 0.0
+) -> dict[str, float]:
     """Held-out negative log-likelihood through the PF-ODE (`likelihood.log_prob`).
 
     2-D data: exact divergence, mean NLL in nats. Images: Hutchinson divergence (one
-    Rademacher probe) on uniformly dequantised data, reported in bits per dimension
-    (`likelihood.bits_per_dim` with the data's grey levels and interval).
+    Rademacher probe) from `t_eps` (default `config.eval_t_eps`), reported in bits per
+    dimension (`likelihood.bits_per_dim` with the data's grey levels and interval) of the
+    bound on the discrete NLL under `dequantization` (default `config.eval_dequantization`):
+    `"uniform"` (`likelihood.dequantize`) or `"truncated_normal"`
+    (`likelihood.truncated_normal_dequantize` at `t_eps`).
     """
-    ds = run.dataset
+    ds, config = run.dataset, run.config
+    dequantization = dequantization or config.eval_dequantization
+    t_eps = t_eps or config.eval_t_eps
     divergence = likelihood.Hutchinson(num_probes=1) if ds.is_image else likelihood.Exact()
     controller = diffrax.PIDController(rtol=1e-4, atol=1e-4, norm=dj.likelihood.per_example_max_rms)
 
@@ -715,6 +728,7 @@ def nll(run: Run, params, x, key, *, batch: int = 500) -> dict[str, float]:
             key=key,
             divergence=divergence,
             stepsize_controller=controller,
+            t_eps=t_eps,
         )
         return lp, info["nfe"]
 
@@ -723,13 +737,18 @@ def nll(run: Run, params, x, key, *, batch: int = 500) -> dict[str, float]:
     for i, start in enumerate(range(0, x.shape[0], batch)):
         xb = jnp.asarray(x[start : start + batch])
         k_deq, k_probe = jax.random.split(jax.random.fold_in(key, i))
+        log_q = 0.0
         if ds.is_image:
             ints = jnp.round((xb + 1.0) * (ds.levels - 1) / 2.0)
-            xb = likelihood.dequantize(
-                k_deq, ints, data_range=ds.levels, data_interval=ds.data_interval
-            )
+            levels = dict(data_range=ds.levels, data_interval=ds.data_interval)
+            if dequantization == "truncated_normal":
+                xb, log_q = likelihood.truncated_normal_dequantize(
+                    k_deq, ints, run.sde, t_eps, **levels
+                )
+            else:
+                xb = likelihood.dequantize(k_deq, ints, **levels)
         lp, nfe = logp(params, xb, k_probe)
-        values.append(np.asarray(lp))
+        values.append(np.asarray(lp - log_q))
         nfes.append(int(nfe))
     lp = np.concatenate(values)
     out = {"nfe": float(np.mean(nfes)), "time": time.perf_counter() - start_time}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # As many xdist workers as cores (`make test`: 2 on 2): one XLA CPU thread each, since two
 # multi-threaded pools oversubscribe the cores (test_samplers + test_karras on 2 workers: 6% less
@@ -15,14 +17,45 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1
 # on tiny shapes; skipping most optimisations cuts compile CPU by ~20% and the programs stay
 # correct. Subprocesses (notebooks, scripts) inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-# The scripts run as subprocesses must not fill the user's compilation cache.
-os.environ.setdefault("DIFFJAX_COMPILATION_CACHE", "off")
+# One persistent compilation cache for the session, shared by both workers and every
+# subprocess (scripts, notebooks): a program that another test already compiled (same HLO, same
+# options) is loaded instead of compiled again. A new directory each session, removed at its end:
+# no run starts warm and the user's own cache is never touched.
+_SESSION_CACHE = "DIFFJAX_TEST_SESSION_CACHE"
+_OWNS_CACHE = _SESSION_CACHE not in os.environ  # the xdist controller, or a run without xdist
+if _OWNS_CACHE:
+    os.environ[_SESSION_CACHE] = tempfile.mkdtemp(prefix="diffjax-test-jax-cache-")
+os.environ.setdefault("DIFFJAX_COMPILATION_CACHE", os.environ[_SESSION_CACHE])
 
-import jax.numpy as jnp
-import numpy as np
-import pytest
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
-import diffjax as dj
+import diffjax as dj  # noqa: E402
+
+dj.enable_compilation_cache()
+
+
+@pytest.fixture(autouse=True)
+def _optimized_when_marked(request):
+    """`@pytest.mark.optimized`: XLA's optimisations back on for a test whose run time, not
+    its compile time, dominates (long sampler loops on thousands of samples run 2-4x slower
+    unoptimised)."""
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def pytest_unconfigure(config):
+    if _OWNS_CACHE:
+        shutil.rmtree(os.environ[_SESSION_CACHE], ignore_errors=True)
 
 
 def ring_mixture(num_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> dj.GaussianMixture:

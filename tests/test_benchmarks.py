@@ -5,10 +5,14 @@ No timing is asserted; `make bench` runs the benchmarks themselves.
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from benchmarks import config, flow_peer, jax_peers, run
 from benchmarks.likelihood import scipy_log_prob
 from benchmarks.quality import mode_std_error
 from benchmarks.timing import compare
@@ -44,3 +48,26 @@ def test_compare_interleaves_after_one_warm_up_each():
     out = compare(fns, repeats=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3
     assert all(len(t.runs) == 3 and t.first > 0 and float(r) == 1.0 for t, r in out.values())
+
+
+@pytest.mark.parametrize(
+    ("group", "packages"),
+    [(jax_peers, ("diffusionjax", "flaxdiff")), (flow_peer, ("flowjax",))],
+)
+def test_peer_groups_are_registered_and_skip_without_their_package(monkeypatch, group, packages):
+    assert group.__name__.rsplit(".", 1)[1] in run.GROUPS
+    for name in packages:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    text = group.run(config.quick(), [])
+    assert "Skipped" in text and all(name in text for name in packages)
+
+
+def test_user_lines_counts_code_only():
+    def snippet(x):
+        """Docstring."""
+        # a comment
+
+        y = x + 1
+        return y
+
+    assert jax_peers.user_lines(snippet, snippet) == 4

@@ -364,3 +364,40 @@ def test_bad_input_raises_clear_errors():
         bits_per_dim(jnp.zeros(1), 64)
     with pytest.raises(ValueError, match="data_range"):
         bits_per_dim(jnp.zeros(1), (2,), data_range=0)
+
+
+def test_truncated_normal_dequantization_bounds_the_discrete_likelihood():
+    """Levels 0..4 in [-1, 1] (bins of half-width h = 1/4); the data are three points of the
+    level grid, so the exact `p_{t_eps}` is the mixture at the bin centres with std `s`. Then
+    `q` is scipy's truncated normal on the bin, and the bound is exactly
+    `log P(k) + D log Z`, `Z = erf(tau / sqrt 2)`, per draw (the other points are >= 2 bins away)."""
+    levels, half, dim = 5, 0.25, 2
+    interval = (-1.0 - half, 1.0 + half)
+    ks = np.array([[0, 4], [2, 2], [4, 1]])
+    weights = np.array([0.2, 0.5, 0.3])
+    centres = interval[0] + 2 * half * (ks + 0.5)
+    sde = dj.VPSDE()
+    t_eps = 0.027  # s = 0.1: tau = 2.5
+    a, s = (float(c) for c in sde.marginal(jnp.float32(t_eps)))
+    mix = dj.GaussianMixture(weights, centres, np.full(3, 1e-4))
+    ints = jnp.asarray(np.repeat(ks, 200, axis=0), jnp.float32)
+    x_t, log_q = dj.likelihood.truncated_normal_dequantize(
+        jax.random.key(3), ints, sde, t_eps, data_range=levels, data_interval=interval
+    )
+    c = interval[0] + 2 * half * (np.asarray(ints) + 0.5)
+    eps = (np.asarray(x_t, np.float64) - a * c) / s
+    tau = a * half / s
+    assert np.all(np.abs(eps) <= tau * (1 + 1e-5)) and eps.std() > 0.8  # in the bin, spread
+    ref = stats.truncnorm.logpdf(eps, -tau, tau).sum(1) - dim * np.log(s) + dim * np.log(2 * half)
+    np.testing.assert_allclose(log_q, ref, rtol=1e-5, atol=1e-4)
+    logp = mix.log_prob(x_t, sde, t_eps)
+    bpd = bits_per_dim(logp - log_q, (dim,), data_range=levels, data_interval=interval)
+    log_z = np.log(math.erf(tau / math.sqrt(2)))
+    exact = -(np.log(np.repeat(weights, 200)) + dim * log_z) / (dim * np.log(2))
+    np.testing.assert_allclose(bpd, exact, atol=2e-4)
+    with pytest.raises(TypeError, match="process"):
+        dj.likelihood.truncated_normal_dequantize(jax.random.key(0), ints, None, t_eps)
+    with pytest.raises(ValueError, match="t_eps"):
+        dj.likelihood.truncated_normal_dequantize(jax.random.key(0), ints, sde, 0.0)
+    with pytest.raises(ValueError, match=r"[`']x[`']"):
+        dj.likelihood.truncated_normal_dequantize(jax.random.key(0), ints + 0.5, sde, t_eps)

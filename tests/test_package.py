@@ -1,4 +1,4 @@
-"""`import diffjax` loads neither Flax nor Orbax; `nets` and `training` load on first use."""
+"""`import diffjax` loads neither Flax, Orbax nor Grain; `nets` and `training` load on first use."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 CODE = """
 import sys
 import diffjax as dj
-assert not any(m == "flax" or m.startswith(("flax.", "orbax")) for m in sys.modules), "eager"
+assert not any(m == "flax" or m.startswith(("flax.", "orbax", "grain")) for m in sys.modules), "eager"
 assert "optax" not in sys.modules
 dj.nets.MLP, dj.training.make_train_step
 assert "flax" in sys.modules and any(m.startswith("orbax") for m in sys.modules)

@@ -258,6 +258,7 @@ def test_reverse_sde_weak_first_order(gaussian_weak):
     assert abs(_second_moment_error(gaussian_weak, 16, dfx.ShARK())) < abs(errs[0]) / 3
 
 
+@pytest.mark.optimized
 def test_reverse_sde_adaptive(mix2d, ref2d):
     controller = dfx.PIDController(rtol=1e-2, atol=1e-2, dtmin=1e-5)
     x, info = samplers.reverse_sde(jax.random.key(0), mix2d.score, (N, 2), stepsize_controller=controller)

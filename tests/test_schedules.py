@@ -42,9 +42,10 @@ def test_cosine_matches_nichol_dhariwal():
     assert float(jnp.max(sch.betas)) <= 0.999 + 1e-7
 
 
+# A few lengths (each new length compiles every op again), any beta values.
 @settings(max_examples=25, deadline=None)
 @given(
-    num_steps=st.integers(1, 400),
+    num_steps=st.sampled_from([1, 2, 3, 17, 400]),
     lo=st.floats(1e-5, 0.5),
     spread=st.floats(0.0, 0.49),
     kind=st.sampled_from(["constant", "linear", "cosine"]),

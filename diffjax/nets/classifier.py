@@ -10,7 +10,8 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import check_positive_int
+from diffjax._checks import check_dtype, check_positive_int
+from diffjax._typing import DType
 from diffjax.nets.embeddings import TimeLabelEmbedding
 from diffjax.nets.mlp import check_hidden, check_input
 
@@ -40,7 +41,7 @@ class Classifier(nnx.Module):
         hidden: layer widths (vectors) or channels per convolution (images); default
             `(256, 256)` for vectors and `(32, 64)` for images.
         num_groups: GroupNorm groups (images only); each width must be divisible by it.
-        time_embedding, embed_dim, time_scale: as in `MLP`.
+        time_embedding, embed_dim, time_scale, dtype: as in `MLP` (logits in `x`'s dtype).
         rngs: `nnx.Rngs` for initialisation.
     """
 
@@ -54,6 +55,7 @@ class Classifier(nnx.Module):
         time_embedding: str = "sinusoidal",
         embed_dim: int = 128,
         time_scale: float = 1.0,
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         self.event_shape = check_event_shape(event_shape)
@@ -62,14 +64,17 @@ class Classifier(nnx.Module):
         hidden = check_hidden(
             hidden if hidden is not None else ((32, 64) if self.is_image else (256, 256))
         )
+        dtype = check_dtype(dtype)
         self.cond = TimeLabelEmbedding(
             embed_dim,
             time_embedding=time_embedding,
             embed_dim=embed_dim,
             time_scale=time_scale,
+            dtype=dtype,
             rngs=rngs,
         )
-        self.cond_proj = nnx.List([nnx.Linear(embed_dim, h, rngs=rngs) for h in hidden])
+        kw = dict(dtype=dtype, rngs=rngs)
+        self.cond_proj = nnx.List([nnx.Linear(embed_dim, h, **kw) for h in hidden])
         widths = (self.event_shape[-1], *hidden)
         pairs = list(zip(widths[:-1], widths[1:], strict=True))
         if self.is_image:
@@ -78,14 +83,12 @@ class Classifier(nnx.Module):
                 raise ValueError(
                     f"every width in `hidden` must be divisible by `num_groups` = {num_groups}, got {hidden}."
                 )
-            self.layers = nnx.List(
-                [nnx.Conv(a, b, (3, 3), strides=(2, 2), rngs=rngs) for a, b in pairs]
-            )
-            self.norms = nnx.List([nnx.GroupNorm(h, num_groups, rngs=rngs) for h in hidden])
+            self.layers = nnx.List([nnx.Conv(a, b, (3, 3), strides=(2, 2), **kw) for a, b in pairs])
+            self.norms = nnx.List([nnx.GroupNorm(h, num_groups, **kw) for h in hidden])
         else:
-            self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in pairs])
+            self.layers = nnx.List([nnx.Linear(a, b, **kw) for a, b in pairs])
             self.norms = None
-        self.head = nnx.Linear(hidden[-1], self.num_classes, rngs=rngs)
+        self.head = nnx.Linear(hidden[-1], self.num_classes, **kw)
 
     def __call__(self, x: ArrayLike, t: ArrayLike) -> Array:
         x = check_input(x, self.event_shape)
@@ -98,4 +101,4 @@ class Classifier(nnx.Module):
                 h = jax.nn.silu(layer(h) + proj(c))
         if self.is_image:
             h = jnp.mean(h, axis=(1, 2))
-        return self.head(h)
+        return self.head(h).astype(x.dtype)

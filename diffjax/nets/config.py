@@ -19,6 +19,8 @@ __all__ = ["records_config"]
 
 def _frozen(value, name: str):
     """A constructor argument as a hashable JSON value (sequences become tuples)."""
+    if isinstance(value, np.dtype) or (isinstance(value, type) and hasattr(value, "dtype")):
+        return np.dtype(value).name  # a dtype (`jnp.bfloat16`) is recorded by its name
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or isinstance(value, (bool, int, float, str)):

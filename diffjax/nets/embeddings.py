@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import as_real_array, check_knob, check_positive_int
+from diffjax._checks import as_real_array, check_dtype, check_knob, check_positive_int
+from diffjax._typing import DType
 
 
 class FixedFrequencies(nnx.Variable):
@@ -114,7 +115,9 @@ class TimeLabelEmbedding(nnx.Module):
     `embed` is the sinusoidal or Fourier embedding of width `embed_dim`, followed by
     `Linear -> SiLU -> Linear` (as in DDPM). With `num_classes` given, a table `E` of
     `num_classes + 1` rows is added; row `num_classes` is the null label used for
-    classifier-free guidance, and `y=None` selects it for the whole batch.
+    classifier-free guidance, and `y=None` selects it for the whole batch. With `dtype`
+    (e.g. bfloat16) the layers compute in it; `embed(t)` stays float32 (its fast frequencies
+    need float32's resolution of `time_scale * t`).
     """
 
     def __init__(
@@ -125,20 +128,24 @@ class TimeLabelEmbedding(nnx.Module):
         embed_dim: int = 128,
         time_scale: float = 1.0,
         num_classes: int | None = None,
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         out_dim = check_positive_int(out_dim, "out_dim")
         embed_dim = check_positive_int(embed_dim, "embed_dim")
+        dtype = check_dtype(dtype)
         self.embed = make_time_embedding(
             time_embedding, embed_dim, time_scale=time_scale, rngs=rngs
         )
-        self.dense1 = nnx.Linear(embed_dim, out_dim, rngs=rngs)
-        self.dense2 = nnx.Linear(out_dim, out_dim, rngs=rngs)
+        self.dense1 = nnx.Linear(embed_dim, out_dim, dtype=dtype, rngs=rngs)
+        self.dense2 = nnx.Linear(out_dim, out_dim, dtype=dtype, rngs=rngs)
         self.num_classes = (
             None if num_classes is None else check_positive_int(num_classes, "num_classes")
         )
         self.label_embed = (
-            None if num_classes is None else nnx.Embed(self.num_classes + 1, out_dim, rngs=rngs)
+            None
+            if num_classes is None
+            else nnx.Embed(self.num_classes + 1, out_dim, dtype=dtype, rngs=rngs)
         )
 
     def __call__(self, t: ArrayLike, batch: int, y: ArrayLike | None = None) -> Array:

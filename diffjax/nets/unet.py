@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import check_positive_int
+from diffjax._checks import check_dtype, check_positive_int
+from diffjax._typing import DType
 from diffjax.nets.config import records_config
 from diffjax.nets.embeddings import TimeLabelEmbedding
 from diffjax.nets.mlp import check_hidden
@@ -31,15 +32,17 @@ class ResBlock(nnx.Module):
         *,
         num_groups: int,
         dropout: float,
+        dtype: DType,
         rngs: nnx.Rngs,
     ):
-        self.norm1 = nnx.GroupNorm(in_ch, num_groups, rngs=rngs)
-        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), rngs=rngs)
-        self.cond_proj = nnx.Linear(cond_dim, out_ch, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(out_ch, num_groups, rngs=rngs)
+        kw = dict(dtype=dtype, rngs=rngs)
+        self.norm1 = nnx.GroupNorm(in_ch, num_groups, **kw)
+        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), **kw)
+        self.cond_proj = nnx.Linear(cond_dim, out_ch, **kw)
+        self.norm2 = nnx.GroupNorm(out_ch, num_groups, **kw)
         self.dropout = nnx.Dropout(dropout)
-        self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), rngs=rngs)
-        self.skip = nnx.Conv(in_ch, out_ch, (1, 1), rngs=rngs) if in_ch != out_ch else None
+        self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), **kw)
+        self.skip = nnx.Conv(in_ch, out_ch, (1, 1), **kw) if in_ch != out_ch else None
 
     def __call__(self, x: Array, c: Array, key: Array | None = None) -> Array:
         h = self.conv1(jax.nn.silu(self.norm1(x)))
@@ -57,10 +60,10 @@ class AttentionBlock(nnx.Module):
     `[B, H, W, C] -> [B, H, W, C]` (`jax.nn.dot_product_attention`).
     """
 
-    def __init__(self, ch: int, *, num_groups: int, rngs: nnx.Rngs):
-        self.norm = nnx.GroupNorm(ch, num_groups, rngs=rngs)
-        self.qkv = nnx.Linear(ch, 3 * ch, rngs=rngs)
-        self.out = nnx.Linear(ch, ch, rngs=rngs)
+    def __init__(self, ch: int, *, num_groups: int, dtype: DType, rngs: nnx.Rngs):
+        self.norm = nnx.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(ch, 3 * ch, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(ch, ch, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         b, h, w, ch = x.shape
@@ -72,11 +75,15 @@ class AttentionBlock(nnx.Module):
 class Block(nnx.Module):
     """A `ResBlock` optionally followed by an `AttentionBlock`."""
 
-    def __init__(self, in_ch, out_ch, cond_dim, *, attention, num_groups, dropout, rngs):
+    def __init__(self, in_ch, out_ch, cond_dim, *, attention, num_groups, dropout, dtype, rngs):
         self.res = ResBlock(
-            in_ch, out_ch, cond_dim, num_groups=num_groups, dropout=dropout, rngs=rngs
+            in_ch, out_ch, cond_dim, num_groups=num_groups, dropout=dropout, dtype=dtype, rngs=rngs
         )
-        self.attn = AttentionBlock(out_ch, num_groups=num_groups, rngs=rngs) if attention else None
+        self.attn = (
+            AttentionBlock(out_ch, num_groups=num_groups, dtype=dtype, rngs=rngs)
+            if attention
+            else None
+        )
 
     def __call__(self, x: Array, c: Array, key: Array | None) -> Array:
         x = self.res(x, c, key)
@@ -106,7 +113,8 @@ class UNet(nnx.Module):
         num_groups: GroupNorm groups.
         dropout: dropout rate inside the residual blocks; dropout only runs when
             `__call__(..., key=...)` is given a key (deterministic otherwise).
-        time_embedding, time_scale, num_classes: as in `MLP`; the conditioning width is
+        time_embedding, time_scale, num_classes, dtype: as in `MLP` (with `dtype`, GroupNorm
+            statistics and the attention softmax stay float32); the conditioning width is
             `4 * channels`.
         rngs: `nnx.Rngs` for initialisation.
     """
@@ -124,6 +132,7 @@ class UNet(nnx.Module):
         time_embedding: str = "sinusoidal",
         time_scale: float = 1.0,
         num_classes: int | None = None,
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         self.in_channels = check_positive_int(in_channels, "in_channels")
@@ -148,7 +157,8 @@ class UNet(nnx.Module):
             attn.add(level % num_levels)
         self.num_levels = num_levels
         cond_dim = 4 * channels
-        kw = dict(num_groups=num_groups, dropout=dropout, rngs=rngs)
+        dtype = check_dtype(dtype)
+        kw = dict(num_groups=num_groups, dropout=dropout, dtype=dtype, rngs=rngs)
 
         self.cond = TimeLabelEmbedding(
             cond_dim,
@@ -156,9 +166,10 @@ class UNet(nnx.Module):
             embed_dim=channels,
             time_scale=time_scale,
             num_classes=num_classes,
+            dtype=dtype,
             rngs=rngs,
         )
-        self.conv_in = nnx.Conv(self.in_channels, channels, (3, 3), rngs=rngs)
+        self.conv_in = nnx.Conv(self.in_channels, channels, (3, 3), dtype=dtype, rngs=rngs)
         ch, skip_chs = channels, [channels]
         down, downsample = [], []
         for i, m in enumerate(mults):
@@ -167,7 +178,7 @@ class UNet(nnx.Module):
                 ch = channels * m
                 skip_chs.append(ch)
             if i < num_levels - 1:
-                downsample.append(nnx.Conv(ch, ch, (3, 3), strides=(2, 2), rngs=rngs))
+                downsample.append(nnx.Conv(ch, ch, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
                 skip_chs.append(ch)
         self.down, self.downsample = nnx.List(down), nnx.List(downsample)
         self.mid1 = Block(ch, ch, cond_dim, attention=True, **kw)
@@ -179,10 +190,10 @@ class UNet(nnx.Module):
                 up.append(Block(ch + skip_chs.pop(), out, cond_dim, attention=i in attn, **kw))
                 ch = out
             if i > 0:
-                upsample.append(nnx.Conv(ch, ch, (3, 3), rngs=rngs))
+                upsample.append(nnx.Conv(ch, ch, (3, 3), dtype=dtype, rngs=rngs))
         self.up, self.upsample = nnx.List(up), nnx.List(upsample)
-        self.norm_out = nnx.GroupNorm(ch, num_groups, rngs=rngs)
-        self.conv_out = nnx.Conv(ch, self.in_channels, (3, 3), rngs=rngs)
+        self.norm_out = nnx.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
+        self.conv_out = nnx.Conv(ch, self.in_channels, (3, 3), dtype=dtype, rngs=rngs)
 
     def __call__(
         self, x: ArrayLike, t: ArrayLike, y: ArrayLike | None = None, *, key: Array | None = None
@@ -218,4 +229,4 @@ class UNet(nnx.Module):
                 skip = hs[-1]
                 h = jax.image.resize(h, (*skip.shape[:3], h.shape[-1]), method="nearest")
                 h = self.upsample[j](h)
-        return self.conv_out(jax.nn.silu(self.norm_out(h)))
+        return self.conv_out(jax.nn.silu(self.norm_out(h))).astype(x.dtype)

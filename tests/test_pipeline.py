@@ -1,0 +1,186 @@
+"""The shard pipeline: `write_shards` round trip, per-process parts that cover every example
+exactly once per epoch, seeded per-epoch shuffles, the conversion script, the argument checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from diffjax import data, pipeline
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+sys.path.insert(0, SCRIPTS)
+
+import make_shards  # noqa: E402
+
+N = 60
+
+
+def _examples() -> dict[str, np.ndarray]:
+    """Example `i`: label `i`, data row `[3i, 3i + 1, 3i + 2]`, so each row names its index."""
+    return {
+        "x": np.arange(3 * N, dtype=np.float32).reshape(N, 3),
+        "y": np.arange(N, dtype=np.int32),
+    }
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    """60 examples in shards of 16 (the last holds 12)."""
+    return pipeline.write_shards(_examples(), tmp_path_factory.mktemp("p") / "s", shard_size=16)
+
+
+def _labels(loader) -> list[np.ndarray]:
+    """The labels of every batch, after checking each batch's rows against the written data."""
+    out = []
+    for batch in loader:
+        assert batch["x"].dtype == np.float32 and batch["y"].dtype == np.int32
+        np.testing.assert_array_equal(batch["x"], _examples()["x"][batch["y"]])
+        out.append(batch["y"])
+    return out
+
+
+def test_write_shards_layout(shards):
+    """Four shards of 16, 16, 16, 12 rows per field, the index recording them, no temporary
+    directory left beside the output; the rows read back equal the input in order."""
+    names = sorted(os.listdir(shards))
+    assert names == ["index.json"] + [f"{f}-{s:05d}.npy" for f in "xy" for s in range(4)]
+    assert os.listdir(os.path.dirname(shards)) == ["s"]
+    with open(os.path.join(shards, "index.json")) as f:
+        index = json.load(f)
+    assert index["num_examples"] == N and [s["size"] for s in index["shards"]] == [16, 16, 16, 12]
+    for field, want in _examples().items():
+        files = [os.path.join(shards, f"{field}-{s:05d}.npy") for s in range(4)]
+        got = np.concatenate([np.load(f) for f in files])
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
+
+
+def test_parts_cover_every_example_once_per_epoch(shards):
+    """3 processes, batches of 5, two epochs: process k reads the contiguous part
+    `20k..20k+19`, each epoch visits it once in a new order, and the stream stops after the
+    2 epochs; the parts are disjoint and cover all 60 examples."""
+    seen = []
+    for k in range(3):
+        loader = pipeline.make_loader(
+            shards, batch_size=5, seed=0, shard_index=k, shard_count=3, num_epochs=2
+        )
+        batches = _labels(loader)
+        assert len(batches) == 8 and all(b.shape == (5,) for b in batches)
+        first, second = np.concatenate(batches[:4]), np.concatenate(batches[4:])
+        part = np.arange(20 * k, 20 * k + 20)
+        np.testing.assert_array_equal(np.sort(first), part)
+        np.testing.assert_array_equal(np.sort(second), part)
+        assert not np.array_equal(first, second) and not np.array_equal(first, part)
+        seen.append(first)
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(N))
+
+
+def test_order_is_a_function_of_the_seed(shards):
+    def epoch(seed, **kw):
+        loader = pipeline.make_loader(shards, batch_size=6, seed=seed, num_epochs=1, **kw)
+        return np.concatenate(_labels(loader))
+
+    a = epoch(1)
+    np.testing.assert_array_equal(a, epoch(1))
+    np.testing.assert_array_equal(np.sort(a), np.arange(N))  # default: process 0 of 1
+    assert not np.array_equal(a, epoch(2))
+    np.testing.assert_array_equal(a, epoch(1, shard_index=0, shard_count=1))
+
+
+def test_uneven_parts_are_equal_and_disjoint(shards):
+    """60 examples over 7 processes: parts of 8 (so the last 4 examples are left out), and
+    batches of 3 drop 2 examples of each epoch's order; the infinite stream resumes from
+    `get_state`."""
+    for k in range(7):
+        loader = pipeline.make_loader(
+            shards, batch_size=3, seed=0, shard_index=k, shard_count=7, num_epochs=2
+        )
+        batches = _labels(loader)
+        assert len(batches) == 4
+        assert all(len(set(np.concatenate(batches[e : e + 2]))) == 6 for e in (0, 2))
+        assert set(np.concatenate(batches)) <= set(range(8 * k, 8 * k + 8))
+    loader = pipeline.make_loader(shards, batch_size=3, seed=0, shard_index=6, shard_count=7)
+    np.testing.assert_array_equal(np.concatenate([next(loader)["y"] for _ in range(4)]),
+                                  np.concatenate(batches))  # fmt: skip
+    state = loader.get_state()
+    following = next(loader)["y"]
+    loader.set_state(state)
+    np.testing.assert_array_equal(next(loader)["y"], following)
+
+
+def test_bad_inputs_name_the_argument(shards, tmp_path):
+    def loader(directory=shards, **kw):
+        return pipeline.make_loader(directory, **{"batch_size": 4, "seed": 0, **kw})
+
+    with pytest.raises(ValueError, match="`directory` .* does not exist"):
+        loader(tmp_path / "missing")
+    with pytest.raises(ValueError, match="`directory` .* has no index.json"):
+        loader(tmp_path)
+    for kw, name in (
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 21, "shard_index": 0, "shard_count": 3}, "batch_size"),
+        ({"shard_index": 3, "shard_count": 3}, "shard_index"),
+        ({"shard_index": -1, "shard_count": 3}, "shard_index"),
+        ({"shard_index": 1}, "shard_index"),
+        ({"shard_index": 0, "shard_count": 0}, "shard_count"),
+        ({"num_epochs": 0}, "num_epochs"),
+        ({"worker_count": -1}, "worker_count"),
+    ):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            loader(**kw)
+    with pytest.raises(TypeError, match="seed"):
+        loader(seed=0.5)
+    with pytest.raises(ValueError, match="`directory` .* already exists"):
+        pipeline.write_shards(_examples(), shards, shard_size=8)
+    mismatched = {"x": np.zeros((3, 2)), "y": np.zeros(4)}
+    with pytest.raises(ValueError, match="`arrays` must share"):
+        pipeline.write_shards(mismatched, tmp_path / "a", shard_size=2)
+    with pytest.raises(ValueError, match="`shard_size`"):
+        pipeline.write_shards(_examples(), tmp_path / "b", shard_size=0)
+    with pytest.raises(TypeError, match="arrays"):
+        pipeline.write_shards(np.zeros((3, 2)), tmp_path / "c", shard_size=2)
+    assert sorted(os.listdir(tmp_path)) == []  # nothing written by the refused calls
+    broken = pipeline.write_shards({"x": np.zeros((4, 2))}, tmp_path / "d", shard_size=2)
+    os.remove(os.path.join(broken, "x-00001.npy"))
+    with pytest.raises(ValueError, match="x-00001.npy is missing"):
+        loader(broken, batch_size=2)
+
+
+def test_make_shards_script(tmp_path, capsys):
+    """An `.npz` of uint8 images and labels into shards of 4: the loader returns the images
+    of `data.load_npz` (mapped to [-1, 1]) with their labels; bad input is one stderr line."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 4, 4), dtype=np.uint8)
+    labels = rng.integers(0, 3, 10)
+    np.savez(tmp_path / "d.npz", x_train=images, y_train=labels)
+    out = str(tmp_path / "shards")
+    argv = ["--npz", str(tmp_path / "d.npz"), "--out", out, "--shard_size", "4"]
+    assert make_shards.main(argv) == 0
+    assert "10 examples (4, 4, 1) with labels in 3 shards" in capsys.readouterr().out
+    x, y = data.load_npz(tmp_path / "d.npz")
+    loader = pipeline.make_loader(out, batch_size=10, seed=0, num_epochs=1)
+    (batch,) = list(loader)
+
+    def rows(x, y):  # (image, label) rows in lexicographic order: the order-free content
+        a = np.concatenate([np.reshape(x, (10, -1)), np.reshape(y, (10, 1))], axis=1)
+        return a[np.lexsort(a.T[::-1])]
+
+    np.testing.assert_array_equal(rows(batch["x"], batch["y"]), rows(x, y))
+    assert batch["x"].dtype == np.float32 and batch["x"].shape == (10, 4, 4, 1)
+    for bad, message in (
+        (argv, "already exists"),
+        (["--npz", str(tmp_path / "no.npz"), "--out", str(tmp_path / "o")], "does not exist"),
+        (["--out", str(tmp_path / "o")], "--npz and --out are required"),
+        ([*argv[:4], "--shard_size", "0"], "--shard_size must be >= 1"),
+    ):
+        assert make_shards.main(bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    with pytest.raises(SystemExit) as exit_info:
+        make_shards.main(["--help"])
+    assert exit_info.value.code == 0 and "--shard_size" in capsys.readouterr().out
