@@ -34,7 +34,7 @@ from benchmarks import config, gpu
 from benchmarks.timing import table
 
 # modules of `benchmarks`, run in order
-GROUPS = ("overhead", "peers", "jax_peers", "quality", "likelihood", "flow_peer")
+GROUPS = ("imports", "overhead", "peers", "jax_peers", "quality", "likelihood", "flow_peer")
 OPT_IN = ("digits_recipes",)  # groups run only when `--only` names them (it takes an hour)
 DIGITS_RECIPES_HEADING = "#### Digits recipes"  # its block, at the end of section 4b
 KEPT = ("## 5b.",)  # sections written by hand from other scripts (benchmarks/recipes.py): kept
