@@ -55,6 +55,7 @@ FSDP_SCRIPT = textwrap.dedent(
         state = place(fresh())
         for i in range(num_steps):
             batch = data[i] if m is None else training.shard_batch(data[i], m)
+            assert m is None or len(batch.sharding.device_set) == 4
             state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(2), i))
             assert int(metrics["nonfinite"]) == 0
         results[name] = state
@@ -116,6 +117,7 @@ FSDP_SCRIPT = textwrap.dedent(
     raises(lambda: training.make_train_step(loss_fn, opt, state_sharding=sharding), "`state_sharding`")
     step = training.make_train_step(loss_fn, opt, ema_decay=0.9, mesh=mesh, state_sharding=sharding)
     raises(lambda: step(like, np.zeros((6, 2), np.float32), jax.random.key(0)), "`batch`")
+    raises(lambda: training.shard_batch(np.zeros((6, 2)), mesh), "divisible")
     print("OK")
     """
 )
