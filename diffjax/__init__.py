@@ -34,7 +34,7 @@ from diffjax.guidance import (
     classifier_guidance,
     inpainting_projection,
 )
-from diffjax.model import Model, edm_model
+from diffjax.model import Model, edm_model, mixed_precision
 from diffjax.processes import EDM, VESDE, VPSDE, AbstractProcess, Cosine, RectifiedFlow, SubVPSDE
 from diffjax.schedules import DiscreteSchedule
 
@@ -86,6 +86,7 @@ __all__ = [
     "load",
     "losses",
     "metrics",
+    "mixed_precision",
     "nets",
     "pipeline",
     "pretrained",

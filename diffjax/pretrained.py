@@ -10,7 +10,8 @@ As diffusers' `save_pretrained` / `from_pretrained`, without a hub. The director
   `diffjax.nets`) and constructor arguments (`network.config`, see `nets.records_config`), the
   process' class and parameters, the prediction kind, the time map, EDM's `sigma_data` for a
   preconditioned model (`edm_model`), and `num_classes` for a label-conditional network (whose
-  null label, for `classifier_free`, is `num_classes`);
+  null label, for `classifier_free`, is `num_classes`), and the model's `compute_dtype` (mixed
+  precision, `model.mixed_precision`; absent or null: the network's own dtype);
 - `params/`: the parameters and the network's other variables (e.g. fixed Fourier
   frequencies), an Orbax checkpoint with the sha256 of its arrays (`training.Checkpointer`),
   verified by `load`.
@@ -38,6 +39,7 @@ from flax import nnx
 
 import diffjax
 from diffjax import nets, training
+from diffjax._checks import check_dtype
 from diffjax.model import EDMDenoiser, Model, edm_model
 from diffjax.processes import EDM, VESDE, VPSDE, Cosine, RectifiedFlow, SubVPSDE
 from diffjax.schedules import DiscreteSchedule
@@ -194,6 +196,7 @@ def _describe(model: Model, network: nnx.Module) -> dict:
         "time_map": time_map,
         "edm": edm,
         "num_classes": config.get("num_classes"),
+        "compute_dtype": None if model.compute_dtype is None else model.compute_dtype.name,
     }
 
 
@@ -304,6 +307,7 @@ def load(path) -> Model:
         process = _process_from_spec(spec["process"])
         time_map = None if spec["time_map"] is None else TimeScale(spec["time_map"]["scale"])
         sigma_data = None if spec["edm"] is None else spec["edm"]["sigma_data"]
+        compute_dtype = check_dtype(spec.get("compute_dtype"), "compute_dtype")
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{file} does not describe a model diffjax can build: {err}") from err
     graphdef, params, constants = nnx.split(abstract, nnx.Param, ...)
@@ -316,4 +320,11 @@ def load(path) -> Model:
     fn = apply
     if sigma_data is not None:
         fn = edm_model(apply, process, sigma_data=sigma_data, params=params).fn
-    return Model(fn, process, spec["prediction"], params=params, time_map=time_map)
+    return Model(
+        fn,
+        process,
+        spec["prediction"],
+        params=params,
+        time_map=time_map,
+        compute_dtype=compute_dtype,
+    )

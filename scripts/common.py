@@ -711,7 +711,7 @@ def nll(
     dimension (`likelihood.bits_per_dim` with the data's grey levels and interval) of the
     bound on the discrete NLL under `dequantization` (default `config.eval_dequantization`):
     `"uniform"` (`likelihood.dequantize`) or `"truncated_normal"`
-    (`likelihood.truncated_normal_dequantize` at `t_eps`).
+    (`likelihood.truncated_normal_dequantize` at `t_eps`), named in `out["bound"]`.
     """
     ds, config = run.dataset, run.config
     dequantization = dequantization or config.eval_dequantization
@@ -758,6 +758,7 @@ def nll(
         )
         out["bpd"] = float(np.mean(bpd))
         out["bpd_se"] = float(np.std(bpd) / math.sqrt(bpd.size))
+        out["bound"] = f"{dequantization} dequantization, PF-ODE from t_eps {t_eps:g}"
     else:
         out["nll"] = float(-lp.mean())
         out["nll_se"] = float(lp.std() / math.sqrt(lp.size))

@@ -5,7 +5,8 @@
 
 Reports the negative log-likelihood of held-out data through the probability-flow ODE
 (`likelihood.log_prob`; exact divergence for 2-D data, in nats per point; Hutchinson for
-images, in bits per dimension of the integer data after uniform dequantisation), the DDPM
+images, in bits per dimension of the integer data: a bound under the run's
+`--eval_dequantization`, uniform or truncated-normal, stated with the result), the DDPM
 variational bound (`losses.ddpm_vlb`) for models with a discrete view (see `common.py`: a VP
 model is run as a `dj.Model` on `VPSDE.to_ddpm(N)` at `t = i/N`), and for each sampler its
 number of network evaluations, the energy distance between its samples and held-out data
@@ -125,6 +126,8 @@ def _headline(run: common.Run, results: dict) -> str:
     if "pf_ode" in results:
         key, unit = ("bpd", "bits/dim") if run.dataset.is_image else ("nll", "nats")
         text += f"; held-out PF-ODE NLL {results['pf_ode'][key]:.3f} {unit}"
+        if "bound" in results["pf_ode"]:
+            text += f" ({results['pf_ode']['bound']})"
         if "exact_nll" in results:
             text += f" (exact {results['exact_nll']:.3f})"
     if "ddpm_bound" in results:
@@ -159,6 +162,8 @@ def print_table(run: common.Run, results: dict) -> None:
             r = results[name]
             extra = f"  (NFE {r['nfe']:.0f}, {r['time']:.1f} s incl. compile)" if "nfe" in r else ""
             print(f"{label + ' ' + unit:<22} {r[key]:.4f} +- {r[key + '_se']:.4f}{extra}")
+            if "bound" in r:
+                print(f"{'':<22} ({r['bound']})")
     if "exact_nll" in results:
         print(f"{'exact data NLL (nats)':<22} {results['exact_nll']:.4f}")
 

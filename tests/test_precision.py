@@ -122,31 +122,51 @@ def _products(jaxpr):
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
 
 
+def _vae(encoder, decoder):
+    return nets.VAE(encoder(dtype="bfloat16", rngs=nnx.Rngs(0)), decoder(dtype="bfloat16", rngs=nnx.Rngs(1)))
+
+
 @pytest.mark.parametrize(
-    ("build", "shape"),
+    ("build", "shapes"),
     [
         (
             lambda: nets.MLP(2, hidden=(16,), embed_dim=8, dtype="bfloat16", rngs=nnx.Rngs(0)),
-            (4, 2),
+            [(4, 2), (4,)],
         ),
-        (lambda: nets.UNet(1, channels=8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), (2, 8, 8, 1)),
+        (
+            lambda: nets.UNet(1, channels=8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+            [(2, 8, 8, 1), (2,)],
+        ),
         (
             lambda: nets.Classifier((8, 8, 1), 3, hidden=(8,), dtype="bfloat16", rngs=nnx.Rngs(0)),
-            (2, 8, 8, 1),
+            [(2, 8, 8, 1), (2,)],
+        ),
+        (  # (x, eps) -> (x_mean, mean, log_std)
+            lambda: _vae(
+                lambda **kw: nets.MLPEncoder(4, 2, hidden=(8,), **kw),
+                lambda **kw: nets.MLPDecoder(2, 4, hidden=(8,), **kw),
+            ),
+            [(3, 4), (3, 2)],
+        ),
+        (
+            lambda: _vae(
+                lambda **kw: nets.ConvEncoder((8, 8, 1), 2, channels=(4,), **kw),
+                lambda **kw: nets.ConvDecoder(2, (8, 8, 1), channels=(4,), **kw),
+            ),
+            [(3, 8, 8, 1), (3, 2)],
         ),
     ],
-    ids=["mlp", "unet", "classifier"],
+    ids=["mlp", "unet", "classifier", "mlp-vae", "conv-vae"],
 )
-def test_network_computes_in_bfloat16_with_float32_params(build, shape):
+def test_network_computes_in_bfloat16_with_float32_params(build, shapes):
     """A network built with `dtype=bfloat16` (abstractly: traced, never run) keeps float32
     parameters, multiplies and convolves bfloat16 operands (the attention logits accumulate in
     float32), and returns float32."""
     net = nnx.eval_shape(build)
     apply, params = nets.split(net)
-    x, t = jax.ShapeDtypeStruct(shape, F32), jax.ShapeDtypeStruct(shape[:1], F32)
-    jaxpr = jax.make_jaxpr(apply)(params, x, t)
+    jaxpr = jax.make_jaxpr(apply)(params, *(jax.ShapeDtypeStruct(s, F32) for s in shapes))
     assert _floats(params) == {F32}
-    assert [a.dtype for a in jaxpr.out_avals] == [F32]
+    assert {a.dtype for a in jaxpr.out_avals} == {F32}
     products = set(_products(jaxpr.jaxpr))
     assert products and {operands for operands, _ in products} == {(BF16, BF16)}, products
     assert {out for _, out in products} <= {BF16, F32}

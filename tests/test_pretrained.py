@@ -59,6 +59,11 @@ def _schedule():  # a discrete schedule (its tables stored exactly), a time map;
     return dj.Model(apply, schedule, "v", params=params, time_map=TimeScale(0.5)), net
 
 
+def _bf16():  # mixed precision: float32 parameters, the network computed in bfloat16
+    model, net = _vp_eps()
+    return dj.mixed_precision(model, "bfloat16"), net
+
+
 def _sample(model, labels):
     """DDIM (the cheapest sampler to compile), classifier-free guided for a conditional model."""
     if labels is not None:
@@ -72,6 +77,7 @@ CASES = {
     "rf_velocity": (_rf_velocity, jnp.linspace(0.05, 0.95, 8), None),
     "labels": (_labels, jnp.linspace(0.05, 1.0, 8), Y),
     "schedule": (_schedule, jnp.array([1, 5, 10, 20, 30, 40, 45, 50]), None),
+    "bf16": (_bf16, jnp.linspace(0.05, 1.0, 8), None),
 }
 
 
@@ -84,6 +90,7 @@ def test_round_trip_is_bit_identical(case, tmp_path):
     path = dj.save_pretrained(tmp_path / "m", model, net)
     loaded = dj.load(path)
     assert loaded.prediction == model.prediction and eqx.tree_equal(loaded.process, model.process)
+    assert loaded.compute_dtype == model.compute_dtype
     args = () if labels is None else (labels,)
     out = eqx.filter_jit(lambda m: m(X, t, *args))
     np.testing.assert_array_equal(out(loaded), out(model))
@@ -94,6 +101,7 @@ def test_round_trip_is_bit_identical(case, tmp_path):
     assert spec["num_classes"] == (3 if case == "labels" else None)
     assert spec["edm"] == ({"sigma_data": 0.7} if case == "edm" else None)
     assert spec["time_map"] == ({"scale": 0.5} if case == "schedule" else None)
+    assert spec["compute_dtype"] == ("bfloat16" if case == "bf16" else None)
 
 
 def test_corrupt_missing_and_unknown_are_refused(tmp_path):

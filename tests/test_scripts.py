@@ -322,6 +322,9 @@ def test_loss_options_are_checked_in_one_line(capsys):
         (["--loss", "flow_matching", "--process", "cosine"], "needs a continuous process"),
         (["--loss", "edm", "--weighting", "snr"], "--weighting applies to --loss dsm only"),
         (["--loss", "edm", "--sigma_data", "0"], "--sigma_data must be positive"),
+        (["--loss", "dsm", "--weighting", "simple", "--importance_sampling"], "needs --loss dsm"),
+        (["--loss", "edm", "--importance_sampling"], "--importance_sampling needs --loss dsm"),
+        (["--eval_t_eps", "0"], "--eval_t_eps must be positive"),
     ]
     for argv, message in cases:
         assert train.main([*argv, *TINY, *NO_EVAL]) == 2

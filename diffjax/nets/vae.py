@@ -2,6 +2,8 @@ r"""VAE encoders $q(z \mid x) = N(\mu(x), \mathrm{diag}(\sigma(x)^2))$ and decod
 
 Encoders map `x: [B, *event_shape] -> (mean, log_std)`, each `[B, latent_dim]`; decoders map
 `z: [B, latent_dim] -> x_mean: [B, *event_shape]`. The ELBO lives in `diffjax.losses`.
+Each takes `dtype` as `nets.MLP` does: the layers compute in it (`"bfloat16"`, `"float16"`;
+`None`: float32) with float32 parameters, and the outputs come back in the input's dtype.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike
 
-from diffjax._checks import check_positive_int
+from diffjax._checks import check_dtype, check_positive_int
+from diffjax._typing import DType
 from diffjax.nets.classifier import check_event_shape
 from diffjax.nets.mlp import check_hidden, check_input
 
@@ -39,9 +42,12 @@ def _image_shape(event_shape) -> tuple[int, int, int]:
     return shape
 
 
-def _mlp(widths: Sequence[int], rngs: nnx.Rngs) -> nnx.List:
+def _mlp(widths: Sequence[int], dtype: DType, rngs: nnx.Rngs) -> nnx.List:
     return nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        [
+            nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
+        ]
     )
 
 
@@ -51,8 +57,8 @@ def _run_mlp(layers: nnx.List, h: Array) -> Array:
     return layers[-1](h)
 
 
-def _split_moments(h: Array) -> tuple[Array, Array]:
-    mean, log_std = jnp.split(h, 2, axis=-1)
+def _split_moments(h: Array, dtype) -> tuple[Array, Array]:
+    mean, log_std = jnp.split(h.astype(dtype), 2, axis=-1)
     return mean, log_std
 
 
@@ -65,16 +71,17 @@ class MLPEncoder(nnx.Module):
         latent_dim: int,
         *,
         hidden: Sequence[int] = (256, 256),
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         self.event_shape = _any_event_shape(event_shape)
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         widths = (math.prod(self.event_shape), *check_hidden(hidden), 2 * self.latent_dim)
-        self.layers = _mlp(widths, rngs)
+        self.layers = _mlp(widths, check_dtype(dtype), rngs)
 
     def __call__(self, x: ArrayLike) -> tuple[Array, Array]:
         x = check_input(x, self.event_shape)
-        return _split_moments(_run_mlp(self.layers, x.reshape(x.shape[0], -1)))
+        return _split_moments(_run_mlp(self.layers, x.reshape(x.shape[0], -1)), x.dtype)
 
 
 class MLPDecoder(nnx.Module):
@@ -86,16 +93,17 @@ class MLPDecoder(nnx.Module):
         event_shape: int | Sequence[int],
         *,
         hidden: Sequence[int] = (256, 256),
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.event_shape = _any_event_shape(event_shape)
         widths = (self.latent_dim, *check_hidden(hidden), math.prod(self.event_shape))
-        self.layers = _mlp(widths, rngs)
+        self.layers = _mlp(widths, check_dtype(dtype), rngs)
 
     def __call__(self, z: ArrayLike) -> Array:
         z = check_input(z, (self.latent_dim,), "z")
-        return _run_mlp(self.layers, z).reshape(z.shape[0], *self.event_shape)
+        return _run_mlp(self.layers, z).reshape(z.shape[0], *self.event_shape).astype(z.dtype)
 
 
 def _halvings(size: int, n: int) -> list[int]:
@@ -119,27 +127,30 @@ class ConvEncoder(nnx.Module):
         latent_dim: int,
         *,
         channels: Sequence[int] = (32, 64),
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         self.event_shape = _image_shape(event_shape)
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         channels = check_hidden(channels, "channels")
+        dtype = check_dtype(dtype)
         h, w, c = self.event_shape
         widths = (c, *channels)
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, (3, 3), strides=(2, 2), rngs=rngs)
+                nnx.Conv(a, b, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs)
                 for a, b in zip(widths[:-1], widths[1:], strict=True)
             ]
         )
         flat = _halvings(h, len(channels))[-1] * _halvings(w, len(channels))[-1] * channels[-1]
-        self.head = nnx.Linear(flat, 2 * self.latent_dim, rngs=rngs)
+        self.head = nnx.Linear(flat, 2 * self.latent_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: ArrayLike) -> tuple[Array, Array]:
-        h = check_input(x, self.event_shape)
+        x = check_input(x, self.event_shape)
+        h = x
         for conv in self.convs:
             h = jax.nn.silu(conv(h))
-        return _split_moments(self.head(h.reshape(h.shape[0], -1)))
+        return _split_moments(self.head(h.reshape(h.shape[0], -1)), x.dtype)
 
 
 class ConvDecoder(nnx.Module):
@@ -156,25 +167,27 @@ class ConvDecoder(nnx.Module):
         event_shape: Sequence[int],
         *,
         channels: Sequence[int] = (64, 32),
+        dtype: DType = None,
         rngs: nnx.Rngs,
     ):
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.event_shape = _image_shape(event_shape)
         channels = check_hidden(channels, "channels")
+        dtype = check_dtype(dtype)
         h, w, c = self.event_shape
         n = len(channels)
         self.sizes = list(zip(_halvings(h, n)[::-1], _halvings(w, n)[::-1], strict=True))
         self.start_channels = channels[0]
         h0, w0 = self.sizes[0]
-        self.head = nnx.Linear(self.latent_dim, h0 * w0 * channels[0], rngs=rngs)
+        self.head = nnx.Linear(self.latent_dim, h0 * w0 * channels[0], dtype=dtype, rngs=rngs)
         widths = (channels[0], *channels)
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, (3, 3), rngs=rngs)
+                nnx.Conv(a, b, (3, 3), dtype=dtype, rngs=rngs)
                 for a, b in zip(widths[:-1], widths[1:], strict=True)
             ]
         )
-        self.conv_out = nnx.Conv(channels[-1], c, (3, 3), rngs=rngs)
+        self.conv_out = nnx.Conv(channels[-1], c, (3, 3), dtype=dtype, rngs=rngs)
 
     def __call__(self, z: ArrayLike) -> Array:
         z = check_input(z, (self.latent_dim,), "z")
@@ -183,7 +196,7 @@ class ConvDecoder(nnx.Module):
         for conv, (hi, wi) in zip(self.convs, self.sizes[1:], strict=True):
             h = jax.image.resize(h, (h.shape[0], hi, wi, h.shape[-1]), method="nearest")
             h = jax.nn.silu(conv(h))
-        return self.conv_out(h)
+        return self.conv_out(h).astype(z.dtype)
 
 
 class VAE(nnx.Module):
