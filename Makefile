@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LAB_STAMP := $(VENV)/.installed-notebooks
 
-.PHONY: install test lint docs lab demo bench clean
+.PHONY: install test lint docs lab demo bench bench-gpu clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench:
 	test -x benchmarks/.venv-bench/bin/python || $(PY) -m venv benchmarks/.venv-bench
 	benchmarks/.venv-bench/bin/pip install --quiet -e ".[bench]"
 	benchmarks/.venv-bench/bin/python -m benchmarks.run
+
+# The GPU table (section 6 of benchmarks/RESULTS.md) on an NVIDIA GPU: jax with CUDA 12.
+bench-gpu:
+	test -x benchmarks/.venv-gpu/bin/python || $(PY) -m venv benchmarks/.venv-gpu
+	benchmarks/.venv-gpu/bin/pip install --quiet -e ".[dev,scripts,cuda]"
+	JAX_PLATFORMS=cuda benchmarks/.venv-gpu/bin/python -m benchmarks.run --gpu
 
 clean:
 	rm -rf $(VENV) outputs site .pytest_cache

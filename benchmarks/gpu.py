@@ -1,4 +1,4 @@
-"""GPU numbers: none measured by `make bench` yet (no accelerator on the benchmark machine)."""
+"""Section 6 until a `make bench-gpu` run replaces it: the GPU figures measured so far."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ SECTION = "\n".join(
     [
         "## 6. GPU",
         "",
-        "**To be filled by a later session** with `make bench` on a GPU machine (this run had "
-        "no accelerator). Until then, the only GPU figures are these, **measured earlier on an "
+        "**To be filled** by `make bench-gpu` on a machine with an NVIDIA GPU (it installs jax "
+        "with CUDA 12 and runs `python -m benchmarks.run --gpu`: the overhead, train-step and "
+        "likelihood tables, written here with the device named). Until then, the only GPU figures are these, **measured earlier on an "
         "H100, jax 0.11.2, by benchmarks/likelihood_timing.py** (since folded into "
         "`benchmarks/likelihood.py`, group 4), PF-ODE NLL with the exact mixture score, Tsit5, "
         "rtol = atol = 1e-5:",

@@ -2,8 +2,9 @@
 
 Each row is a fresh interpreter (`python -c`), timed from outside (process start to exit, so the
 interpreter's own start-up is in every row; the `python -c pass` row shows it); rows are run
-interleaved, one round after another, and the table gives medians. `nets` loads Flax, `training`
-Flax, Optax and Orbax: `import diffjax` loads neither (`tests/test_package.py`).
+interleaved, one round after another, and the table gives medians. `samplers` and `likelihood`
+load diffrax, `nets` Flax, `training` Flax, Optax and Orbax: `import diffjax` loads none of them
+(`tests/test_package.py`).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def run(cfg: Config, compile_rows: list) -> str:
             "",
             f"Fresh interpreters, medians of {rounds} interleaved rounds; 'import' is the wall "
             "time minus the bare interpreter's (`python -c pass`). `import diffjax` loads jax, "
-            "diffrax, equinox and the package; `nets` and `training` load Flax / Optax / Orbax "
-            "on first use.",
+            "equinox and the package; `samplers` and `likelihood` load diffrax (with lineax and "
+            "optimistix), `nets` Flax and `training` Flax, Optax and Orbax on first use.",
             "",
             table(["command", "wall", "import", "import / `import jax`"], rows),
             "",

@@ -207,7 +207,7 @@ def equal_error(cfg: Config) -> list[str]:
         [labels[m], f"{tol:g}", f"{err:.1e}", f"{nfe:.0f}", f"{sec * 1e6:.1f} us"]
         for (m, tol), (err, nfe, sec) in results.items()
     ]
-    at_target = []
+    at_target, cheapest = [], []
     for target in ERROR_TARGETS:
         best = {}
         for m in labels:
@@ -215,6 +215,9 @@ def equal_error(cfg: Config) -> list[str]:
                   if mm == m and err <= target]  # fmt: skip
             best[m] = min(ok) if ok else None
         scipy_best = best["scipy"]
+        reached = {m: b for m, b in best.items() if b is not None}
+        if reached:
+            cheapest.append(f"{target:g}: {min(reached, key=lambda m: reached[m][0])}")
         for m, b in best.items():
             if b is None:
                 at_target.append([f"{target:g}", labels[m], "not reached", "", "", ""])
@@ -241,6 +244,10 @@ def equal_error(cfg: Config) -> list[str]:
             ["target error", "method", "tol", "NFE", "time / example", "speed-up over scipy"],
             at_target,
         ),
+        "",
+        f"Cheapest layout at each target error ({jax.default_backend()}): "
+        f"{', '.join(cheapest)}. `log_prob` solves the batch as one state on every backend "
+        "(a per-example solve is a `jax.vmap` of single-example calls, as in the vmap rows).",
     ]
 
 

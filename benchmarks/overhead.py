@@ -7,6 +7,10 @@ evaluates the same vector field as the solver does (network, `jax.linearize` and
 divergence from `D` JVPs). Each sampler is timed as a user calls it (`samplers.ddim(key, model,
 ...)` with the network wrapped once in a `dj.Model`, argument checks included) and wrapped in one
 `jax.jit` (checks at trace time only), back to back with its floor.
+
+`train_steps` (section 1b): `training.make_train_step` (EMA, non-finite guard, donation) against
+a hand-written jitted Optax step of the same loss (`value_and_grad`, `optimizer.update`,
+`optax.apply_updates`), for the MLP and the digits U-Net.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 import diffjax as dj
 from benchmarks.config import Config
 from benchmarks.timing import compare, ms, table
-from diffjax import likelihood, nets, samplers, schedules
+from diffjax import likelihood, losses, nets, samplers, schedules, training
 from diffjax.data import eight_gaussians
 
 TARGET = 1.10
@@ -183,8 +188,15 @@ def run(cfg: Config, compile_rows: list) -> str:
         rows.append(_row(name, nfe, timings, first, compile_rows))
         print("    " + " | ".join(str(c) for c in rows[-1]), flush=True)  # kept if cut short
 
-    if not re.search(cfg.match, "likelihood.log_prob"):
-        return _section(cfg, rows)
+    if re.search(cfg.match, "likelihood.log_prob"):
+        rows.append(_log_prob_row(cfg, apply, params, vf_floor, compile_rows))
+    section = _section(cfg, rows)
+    if re.search(cfg.match, "train step"):
+        section += "\n\n" + train_steps(cfg, compile_rows)
+    return section
+
+
+def _log_prob_row(cfg, apply, params, vf_floor, compile_rows):
     print("  overhead: log_prob", flush=True)
     data = eight_gaussians(jax.random.key(2), cfg.batch)
     sde = dj.VPSDE()
@@ -200,9 +212,85 @@ def run(cfg: Config, compile_rows: list) -> str:
         },
         cfg.repeats,
     )
-    rows.append(_row("likelihood.log_prob (exact div., Tsit5)", nfe, timings, None, compile_rows))
+    return _row("likelihood.log_prob (exact div., Tsit5)", nfe, timings, None, compile_rows)
 
-    return _section(cfg, rows)
+
+def _hand_written_step(loss_fn, optimizer):
+    """The plain Optax step a user would write: `(params, opt_state, batch, key) -> (...)`."""
+
+    @jax.jit
+    def step(params, opt_state, batch, key):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def _time_train_steps(loss_fn, params, x0, keys, repeats):
+    """Timings of `len(keys)` steps of `make_train_step` (EMA) and of the hand-written step."""
+    optimizer = optax.adam(1e-3)
+    ours_step = training.make_train_step(loss_fn, optimizer, ema_decay=0.999)
+    hand_step = _hand_written_step(loss_fn, optimizer)
+    state = training.create_train_state(params, optimizer, ema_decay=0.999)
+    hand = (params, optimizer.init(params))
+
+    def ours():
+        nonlocal state
+        for k in keys:
+            state, metrics = ours_step(state, x0, k)
+        return metrics["loss"]
+
+    def theirs():
+        nonlocal hand
+        p, o = hand
+        for k in keys:
+            p, o, loss = hand_step(p, o, x0, k)
+        hand = (p, o)
+        return loss
+
+    res = compare({"ours": ours, "hand": theirs}, repeats)
+    return res["ours"][0], res["hand"][0]
+
+
+def train_steps(cfg: Config, compile_rows: list) -> str:
+    """`make_train_step` against a hand-written Optax step, `cfg.train_steps` steps per run."""
+    sde, n = dj.VPSDE(), cfg.train_steps
+    unet = nets.UNet(1, channels=16, attention_levels=(), time_scale=1000.0, rngs=nnx.Rngs(0))
+    cases = {
+        f"MLP (256x3), batch {cfg.batch}": (mlp(), eight_gaussians(jax.random.key(3), cfg.batch)),
+        "U-Net (16 channels, 0.16M), batch 128 of 8x8": (
+            nets.split(unet),
+            jax.random.uniform(jax.random.key(3), (128, 8, 8, 1), minval=-1.0, maxval=1.0),
+        ),
+    }
+    keys = list(jax.random.split(jax.random.key(4), n))
+    rows = []
+    for name, ((apply, params), x0) in cases.items():
+        print(f"  overhead: train step, {name}", flush=True)
+        loss_fn = lambda p, batch, key, apply=apply: losses.dsm(p, apply, key, batch, sde)
+        t_ours, t_hand = _time_train_steps(loss_fn, params, x0, keys, cfg.repeats)
+        compile_rows.append((f"training.make_train_step, {name}", t_ours.compile))
+        rows.append(
+            [
+                name, ms(t_hand.median / n), ms(t_ours.median / n),
+                f"{t_ours.median / t_hand.median:.3f}", f"{t_ours.spread:.0%}",
+            ]
+        )  # fmt: skip
+        print("    " + " | ".join(str(c) for c in rows[-1]), flush=True)
+    return "\n".join(
+        [
+            "### 1b. Training step against a hand-written Optax step",
+            "",
+            f"`losses.dsm` (eps, VP) with Adam; {n} steps per timed run, medians of "
+            f"{cfg.repeats} interleaved runs, per step. Ours: `training.make_train_step` with "
+            "EMA 0.999 (warm-up), the non-finite guard, gradient norm in the metrics and the "
+            "state donated; hand-written: `jax.jit` of `value_and_grad` + `optimizer.update` + "
+            "`optax.apply_updates`, no EMA.",
+            "",
+            table(["network, batch", "hand-written step", "make_train_step", "ratio", "spread"], rows),
+        ]
+    )
 
 
 def _section(cfg: Config, rows: list) -> str:

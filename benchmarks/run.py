@@ -1,7 +1,15 @@
 """Entry point of `make bench`: run the benchmark groups and write `benchmarks/RESULTS.md`.
 
     python -m benchmarks.run [--quick] [--only overhead,peers,quality,likelihood] [--out PATH]
-                             [--match REGEX] [--repeats N]
+                             [--match REGEX] [--repeats N] [--skip-cpu-peers]
+    JAX_PLATFORMS=cuda python -m benchmarks.run --gpu     # `make bench-gpu`
+
+`--gpu` runs the GPU table (`GPU_GROUPS`: the overhead of every sampler and of the train step
+over the network floor, and the likelihood tables against the scipy host loop) on the
+accelerator and writes it as section 6 of `--out`, the device named, leaving the other sections
+as they are (a CPU run keeps an existing section 6 the same way). `--skip-cpu-peers` leaves out
+the groups whose peer or budget is CPU-only (`CPU_ONLY`: diffusers on PyTorch CPU, the flowjax
+flow's 90 CPU seconds).
 
 `--only digits_recipes` (opt-in, about an hour on two CPU cores; `--digits-steps N` trains each
 recipe N steps) re-runs the digits recipe table at the end of section 4b
@@ -35,6 +43,9 @@ from benchmarks.timing import table
 
 # modules of `benchmarks`, run in order
 GROUPS = ("imports", "overhead", "peers", "jax_peers", "quality", "likelihood", "flow_peer")
+GPU_GROUPS = ("overhead", "likelihood")  # the GPU table, section 6 (`--gpu`)
+CPU_ONLY = ("peers", "flow_peer")  # left out by `--skip-cpu-peers` (and by `--gpu`)
+GPU_HEADING = "## 6. GPU"
 OPT_IN = ("digits_recipes",)  # groups run only when `--only` names them (it takes an hour)
 DIGITS_RECIPES_HEADING = "#### Digits recipes"  # its block, at the end of section 4b
 KEPT = ("## 5b.",)  # sections written by hand from other scripts (benchmarks/recipes.py): kept
@@ -85,6 +96,43 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def accelerator() -> str:
+    """The device kind of JAX's default backend (e.g. `NVIDIA H200`), or `none` on CPU."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        return "none"
+    devices = jax.devices()
+    return f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()})"
+
+
+def gpu_section(machine_text: str, sections: list[str], compile_table: str) -> str:
+    """Section 6 of RESULTS.md from a `--gpu` run: every heading one level down."""
+    body = "\n\n".join([machine_text, *sections, "## 5a. Compile time\n\n" + compile_table])
+    lines = ["#" + line if line.startswith("#") else line for line in body.splitlines()]
+    return "\n".join([GPU_HEADING, "", "Written by `make bench-gpu`.", "", *lines])
+
+
+def replace_gpu_section(path: str, section: str) -> str:
+    """The text of `path` with its section 6 (from `GPU_HEADING` to the end) replaced."""
+    with open(path) as f:
+        text = f.read()
+    start = text.find("\n" + GPU_HEADING)
+    head = text if start < 0 else text[: start + 1]
+    return head.rstrip() + "\n\n" + section + "\n"
+
+
+def kept_gpu_section(path: str) -> str:
+    """The existing section 6 of `path` (a GPU run, kept by CPU runs), or the placeholder."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return gpu.SECTION
+    start = text.find("\n" + GPU_HEADING)
+    return gpu.SECTION if start < 0 else text[start + 1 :].strip()
+
+
 def machine(load_before, load_after, elapsed: float, cfg) -> str:
     import jax
 
@@ -94,6 +142,7 @@ def machine(load_before, load_after, elapsed: float, cfg) -> str:
         ["date", datetime.datetime.now().isoformat(timespec="minutes")],
         ["CPU", f"{_cpu_model()}, {os.cpu_count()} logical cores"],
         ["JAX backend / devices", f"{jax.default_backend()} / {jax.devices()}"],
+        ["accelerator", accelerator()],
         ["Python", platform.python_version()],
         ["versions", ", ".join(f"{p} {_version(p)}" for p in packages)],
         ["load average (1, 5, 15 min) before", ", ".join(f"{v:.2f}" for v in load_before)],
@@ -123,6 +172,12 @@ def main() -> None:
     parser.add_argument(
         "--digits-steps", type=int, default=0, help="digits_recipes: training steps (0: own)"
     )
+    parser.add_argument(
+        "--gpu", action="store_true", help="the GPU table, written as section 6 of --out"
+    )
+    parser.add_argument(
+        "--skip-cpu-peers", action="store_true", help=f"leave out {', '.join(CPU_ONLY)}"
+    )
     args = parser.parse_args()
     cfg = config.quick() if args.quick else config.full()
     cfg = dataclasses.replace(cfg, match=args.match)
@@ -131,6 +186,19 @@ def main() -> None:
     if args.digits_steps:
         cfg = dataclasses.replace(cfg, digits_steps=args.digits_steps)
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    if args.gpu:
+        import jax
+
+        if jax.default_backend() == "cpu" and not args.quick:
+            parser.error(
+                "--gpu found no accelerator (JAX backend cpu); install jax with CUDA "
+                "(`make bench-gpu`) and set JAX_PLATFORMS=cuda, or add --quick to check the "
+                "code path on the CPU."
+            )
+        if args.only == parser.get_default("only"):
+            groups = list(GPU_GROUPS)
+    if args.gpu or args.skip_cpu_peers:
+        groups = [g for g in groups if g not in CPU_ONLY]
     unknown = set(groups) - set(GROUPS + OPT_IN)
     if unknown:
         parser.error(f"unknown groups {sorted(unknown)}; choose from {list(GROUPS + OPT_IN)}")
@@ -143,7 +211,7 @@ def main() -> None:
         t0 = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{name}")
         sections.append(module.run(cfg, compile_rows))
-        if name == "likelihood" and "digits_recipes" not in groups:  # its block in 4b: kept
+        if name == "likelihood" and not args.gpu and "digits_recipes" not in groups:  # kept
             sections[-1] += "\n\n" + kept_block(args.out, DIGITS_RECIPES_HEADING)
         print(f"[{name}] {time.perf_counter() - t0:.0f} s", flush=True)
     elapsed = time.perf_counter() - start
@@ -153,6 +221,13 @@ def main() -> None:
         ["entry point", "compile (first call - steady median)"],
         [[name, f"{sec:.2f} s"] for name, sec in compile_rows],
     )
+    if args.gpu:
+        section = gpu_section(machine(load_before, load_after, elapsed, cfg), sections, compile_table)
+        text = replace_gpu_section(args.out, section) if os.path.exists(args.out) else section
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote section 6 of {args.out} ({elapsed / 60:.1f} min)")
+        return
     text = "\n\n".join(
         [
             "# diffjax benchmarks",
@@ -165,7 +240,7 @@ def main() -> None:
             "First call (trace + compile + run) minus the steady-state median, same process "
             "and load as the tables above.\n\n" + compile_table,
             *kept_sections(args.out),
-            gpu.SECTION,
+            kept_gpu_section(args.out),
         ]
     )
     with open(args.out, "w") as f:

@@ -2,9 +2,10 @@
 
 The core is one Gaussian path `x_t = alpha(t) x_0 + sigma(t) eps` (`processes`: VP, sub-VP, VE,
 EDM, rectified flow, cosine; `schedules`: the discrete DDPM chain) and a `Model` that knows what
-its network predicts. Topical modules follow the lecture notes. `nets` (Flax), `training`
-(Optax, Orbax) and `pretrained` (`save_pretrained`, `load`) are imported on first use, so
-`import diffjax` loads neither Flax nor Orbax.
+its network predicts. Topical modules follow the lecture notes. The modules built on other
+libraries are imported on first use: `samplers`, `likelihood` and `fokker_planck` (diffrax),
+`nets` (Flax), `training` (Optax, Orbax) and `pretrained` (`save_pretrained`, `load`), so
+`import diffjax` loads none of diffrax, Flax, Optax or Orbax.
 """
 
 import importlib
@@ -13,16 +14,13 @@ from diffjax import (
     cache,
     data,
     distributions,
-    fokker_planck,
     forward,
     guidance,
     langevin,
-    likelihood,
     losses,
     metrics,
     pipeline,
     processes,
-    samplers,
     schedules,
 )
 from diffjax.cache import enable_compilation_cache
@@ -40,7 +38,7 @@ from diffjax.schedules import DiscreteSchedule
 
 __version__ = "0.1.0"
 
-_LAZY = ("nets", "pretrained", "training")
+_LAZY = ("fokker_planck", "likelihood", "nets", "pretrained", "samplers", "training")
 _LAZY_NAMES = {"load": "pretrained", "save_pretrained": "pretrained"}
 
 

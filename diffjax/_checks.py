@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import traceback
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -347,7 +346,10 @@ def check_callable(fn, name: str):
 
 
 # ---------------------------------------------------------------- diffrax objects
+# (diffrax is imported by the callers, the samplers and likelihoods, which load on first use)
 def check_solver(solver, default, name: str = "solver"):
+    import diffrax as dfx
+
     solver = default if solver is None else solver
     if not isinstance(solver, dfx.AbstractSolver):
         raise TypeError(f"`{name}` must be a diffrax solver, got {type(solver).__name__}.")
@@ -355,6 +357,8 @@ def check_solver(solver, default, name: str = "solver"):
 
 
 def check_controller(controller, default):
+    import diffrax as dfx
+
     controller = default if controller is None else controller
     if not isinstance(controller, dfx.AbstractStepSizeController):
         raise TypeError(

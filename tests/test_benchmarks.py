@@ -71,3 +71,23 @@ def test_user_lines_counts_code_only():
         return y
 
     assert jax_peers.user_lines(snippet, snippet) == 4
+
+
+def test_gpu_run_replaces_only_section_6_and_cpu_runs_keep_it(tmp_path):
+    """`--gpu` writes its tables as section 6 (headings one level down, the device named by
+    the machine table) and leaves every other byte of RESULTS.md; a CPU run carries an
+    existing section 6 over, or the placeholder when there is none."""
+    path = tmp_path / "RESULTS.md"
+    head = "# diffjax benchmarks\n\n## 1. Overhead\n\n| a |\n|---|\n\n## 5b. Recipes\n\ntext\n"
+    path.write_text(head + "\n" + run.gpu.SECTION + "\n")
+    assert run.kept_gpu_section(str(path)) == run.gpu.SECTION
+    assert run.kept_gpu_section(str(tmp_path / "missing.md")) == run.gpu.SECTION
+    section = run.gpu_section("## Machine\n\n| accelerator | H |", ["## 1. Overhead\n\nx"], "| t |")
+    assert section.startswith(run.GPU_HEADING + "\n")
+    assert "\n### Machine\n" in section and "\n### 1. Overhead\n" in section
+    assert "\n## 1." not in section and "| accelerator | H |" in section
+    for _ in range(2):  # a second GPU run replaces the first, not appends
+        text = run.replace_gpu_section(str(path), section)
+        path.write_text(text)
+        assert text == head + "\n" + section + "\n"
+    assert run.kept_gpu_section(str(path)) == section
