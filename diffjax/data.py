@@ -217,15 +217,25 @@ def check_finite(x, name: str) -> None:
     A single non-finite value makes every DSM loss (and gradient) of a batch holding it NaN.
     """
     x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.inexact):
-        return
-    bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
+    bad = _nonfinite_rows(x)
     if bad.size:
-        first = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
-        raise ValueError(
-            f"{name}: {bad.size} of {x.shape[0]} rows hold NaN or inf (rows {first}); "
-            "remove or repair them."
-        )
+        raise _nonfinite_error(name, bad.size, bad[:5], x.shape[0])
+
+
+def _nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """Indices of the rows of `x` `[N, ...]` holding NaN or inf (none for integer arrays)."""
+    if not np.issubdtype(x.dtype, np.inexact):
+        return np.zeros(0, np.intp)
+    return np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
+
+
+def _nonfinite_error(name: str, count: int, first, num_rows: int) -> ValueError:
+    """The `check_finite` error: `count` of `num_rows` rows bad, `first` their first indices."""
+    shown = ", ".join(map(str, first[:5])) + (", ..." if count > 5 else "")
+    return ValueError(
+        f"{name}: {count} of {num_rows} rows hold NaN or inf (rows {shown}); "
+        "remove or repair them."
+    )
 
 
 _X_KEYS = ("x_train", "images", "x", "X", "train_images", "data")
@@ -234,9 +244,20 @@ _Y_KEYS = ("y_train", "labels", "y", "Y", "train_labels", "targets")
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
 
 
-def _read_npz(path, x_key: str | None, y_key: str | None):
-    """`(x_key, x, y_key, y)` read from the `.npz` at `path`; `ValueError` naming the file
-    when it is empty, not an `.npz` archive, damaged, or lacks the keys."""
+def _check_npz_path(path) -> None:
+    """`TypeError` unless `path` is a str or os.PathLike; `FileNotFoundError` unless a file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"`path` {os.fspath(path)!r} does not exist; diffjax never downloads data, save the "
+            "arrays with numpy.savez first."
+        )
+
+
+def _open_npz(path) -> np.lib.npyio.NpzFile:
+    """The `.npz` at `path`, opened (a context manager); `ValueError` naming the file when it
+    is empty, not an `.npz` archive, or damaged."""
     where = repr(os.fspath(path))
     if os.path.getsize(path) == 0:
         raise ValueError(f"{where} is empty (0 bytes), not an .npz archive.")
@@ -250,30 +271,97 @@ def _read_npz(path, x_key: str | None, y_key: str | None):
         raise ValueError(
             f"{where} holds a single .npy array, not an .npz archive; use numpy.savez."
         )
-    with f:
-        keys = list(f.keys())
-        if not keys:
-            raise ValueError(f"{where} holds no arrays.")
+    return f
+
+
+def _npz_keys(f: np.lib.npyio.NpzFile, where: str, x_key: str | None, y_key: str | None):
+    """`(x_key, y_key)` of the open `.npz` `f` (`y_key` `None` when absent and not asked for):
+    the given keys, else the first present of `_X_KEYS` / `_Y_KEYS`; `ValueError` naming the
+    file `where` when it holds no arrays or lacks the keys."""
+    keys = list(f.keys())
+    if not keys:
+        raise ValueError(f"{where} holds no arrays.")
+    if x_key is None:
+        x_key = next((k for k in _X_KEYS if k in keys), None)
         if x_key is None:
-            x_key = next((k for k in _X_KEYS if k in keys), None)
-            if x_key is None:
-                raise ValueError(
-                    f"`x_key`: none of {_X_KEYS} is in {where} (keys: {keys}); pass x_key."
-                )
-        elif x_key not in keys:
-            raise ValueError(f"`x_key` {x_key!r} is not in {where} (keys: {keys}).")
-        if y_key is None:
-            y_key = next((k for k in _Y_KEYS if k in keys), None)
-        elif y_key not in keys:
-            raise ValueError(f"`y_key` {y_key!r} is not in {where} (keys: {keys}).")
+            raise ValueError(
+                f"`x_key`: none of {_X_KEYS} is in {where} (keys: {keys}); pass x_key."
+            )
+    elif x_key not in keys:
+        raise ValueError(f"`x_key` {x_key!r} is not in {where} (keys: {keys}).")
+    if y_key is None:
+        y_key = next((k for k in _Y_KEYS if k in keys), None)
+    elif y_key not in keys:
+        raise ValueError(f"`y_key` {y_key!r} is not in {where} (keys: {keys}).")
+    return x_key, y_key
+
+
+def _damaged(where: str, err: BaseException) -> ValueError:
+    """The error for an `.npz` (named by `where`) whose member could not be read."""
+    return ValueError(
+        f"{where} is damaged: reading its arrays failed ({type(err).__name__}: {err})."
+    )
+
+
+def _read_npz(path, x_key: str | None, y_key: str | None):
+    """`(x_key, x, y_key, y)` read from the `.npz` at `path`; `ValueError` naming the file
+    when it is empty, not an `.npz` archive, damaged, or lacks the keys."""
+    where = repr(os.fspath(path))
+    with _open_npz(path) as f:
+        x_key, y_key = _npz_keys(f, where, x_key, y_key)
         try:
             x = np.asarray(f[x_key])
             y = None if y_key is None else np.asarray(f[y_key])
         except _READ_ERRORS as err:
-            raise ValueError(
-                f"{where} is damaged: reading its arrays failed ({type(err).__name__}: {err})."
-            ) from err
+            raise _damaged(where, err) from err
     return x_key, x, y_key, y
+
+
+def _image_shape(shape: tuple[int, ...], x_key: str, where: str) -> tuple[int, ...]:
+    """NHWC shape of the images `x_key` of shape `shape` (`[N, H, W]` gets a channel axis);
+    `ValueError` for another rank or no images (`where` names the file)."""
+    shape = (*shape, 1) if len(shape) == 3 else tuple(shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"`x_key` {x_key!r} must hold images [N, H, W] or [N, H, W, C] (NHWC), got shape {shape}."
+        )
+    if shape[0] == 0:
+        raise ValueError(f"`x_key` {x_key!r} of {where} holds no images (shape {shape}).")
+    return shape
+
+
+def _check_labels(y: np.ndarray, num: int, y_key: str) -> np.ndarray:
+    """`y` as `[num]` (`[num, 1]` is flattened, a view); `ValueError` unless integer `[num]`.
+
+    Reads only the shape and dtype, so `y` may be a memory map."""
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.shape != (num,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"`y_key` {y_key!r} must hold integer labels of shape [N] = [{num}], "
+            f"got dtype {y.dtype} and shape {y.shape}."
+        )
+    return y
+
+
+def _convert_images(x: np.ndarray, out: np.ndarray, name: str, *, chunk: int) -> None:
+    """Fill float32 `out` with the images `x` (same shape) mapped by `_scale_images`, `chunk`
+    rows at a time, so memory maps larger than memory work (memory about one chunk).
+
+    Then the `check_finite` error (named `name`) for the rows with NaN or inf, counted over
+    all of `x`."""
+    count, first = 0, []
+    for start in range(0, x.shape[0], chunk):
+        part = _scale_images(np.asarray(x[start : start + chunk]), "x_key")
+        bad = _nonfinite_rows(part)
+        count += bad.size
+        first.extend((bad[: 5 - len(first)] + start).tolist())
+        out[start : start + chunk] = part
+    if count:
+        raise _nonfinite_error(name, count, first, x.shape[0])
+
+
+_LOAD_CHUNK = 4096
+"""Images `load_npz` converts at a time (a float32 copy of this many images at once)."""
 
 
 def load_npz(
@@ -296,35 +384,15 @@ def load_npz(
             ranks, no images, images with NaN or inf (their count and first indices), or
             labels that do not match the images.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"`path` {os.fspath(path)!r} does not exist; diffjax never downloads data, save the "
-            "arrays with numpy.savez first."
-        )
+    _check_npz_path(path)
     x_key, x, y_key, y = _read_npz(path, x_key, y_key)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(
-            f"`x_key` {x_key!r} must hold images [N, H, W] or [N, H, W, C] (NHWC), got shape {x.shape}."
-        )
-    if x.shape[0] == 0:
-        raise ValueError(
-            f"`x_key` {x_key!r} of {os.fspath(path)!r} holds no images (shape {x.shape})."
-        )
-    x = _scale_images(x, "x_key")
-    check_finite(x, f"`x_key` {x_key!r} of {os.fspath(path)!r}")
+    where = repr(os.fspath(path))
+    x = x.reshape(_image_shape(x.shape, x_key, where))
     if y is not None:
-        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(
-                f"`y_key` {y_key!r} must hold integer labels of shape [N] = [{x.shape[0]}], "
-                f"got dtype {y.dtype} and shape {y.shape}."
-            )
-        y = jnp.asarray(y, jnp.int32)
-    return jnp.asarray(x), y
+        y = jnp.asarray(_check_labels(y, x.shape[0], y_key), jnp.int32)
+    out = np.empty(x.shape, np.float32)
+    _convert_images(x, out, f"`x_key` {x_key!r} of {where}", chunk=_LOAD_CHUNK)
+    return jnp.asarray(out), y
 
 
 def batches(key, data: Any, batch_size: int, *, drop_remainder: bool = True) -> Iterator[Any]:

@@ -8,19 +8,34 @@ of `x_train`, `images`, `x`, ... unless `--x_key`; uint8 pixels mapped to `[-1, 
 NHWC) and written with `pipeline.write_shards` as the fields `x` and, when present, `y`
 (int32 labels), atomically into `--out`, which must not exist or be empty. Stream them with
 `pipeline.make_loader(out, batch_size=..., seed=...)`.
+
+The conversion streams, for archives larger than memory: it needs memory for about one shard
+(plus a constant), whatever the number of examples. The image and label members are copied
+out of the archive (decompressed when saved with `numpy.savez_compressed`) into a temporary
+directory beside `--out`, read memory-mapped and converted one shard at a time into
+memory-mapped float32 images and int32 labels, from which the shards are written. That
+directory needs disk space for the input arrays plus the float32 images (about 5 times the
+uint8 images) until the shards are written; it is removed in any case.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from configs import UsageError, opt, parse_options, run_main  # noqa: E402
 
 from diffjax import data, pipeline  # noqa: E402
+
+_BLOCK = 1 << 16
+"""Bytes read from the archive at a time."""
 
 
 @dataclass(frozen=True)
@@ -44,16 +59,76 @@ def _main(argv) -> int:
         raise UsageError("--npz and --out are required.")
     if opts.shard_size < 1:
         raise UsageError(f"--shard_size must be >= 1, got {opts.shard_size}.")
+    out = os.path.abspath(opts.out)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UsageError(f"--out {out!r} already exists and is not an empty directory.")
     try:
-        x, y = data.load_npz(opts.npz, x_key=opts.x_key or None, y_key=opts.y_key or None)
-        arrays = {"x": x} if y is None else {"x": x, "y": y}
-        out = pipeline.write_shards(arrays, opts.out, shard_size=opts.shard_size)
-    except (FileNotFoundError, TypeError, ValueError) as err:
+        shape, labelled = convert(opts.npz, out, opts.shard_size, opts.x_key, opts.y_key)
+    except (OSError, TypeError, ValueError) as err:
         raise UsageError(str(err).splitlines()[0]) from err
-    shards = -(-x.shape[0] // opts.shard_size)
-    labels = "no labels" if y is None else "labels"
-    print(f"{x.shape[0]} examples {tuple(x.shape[1:])} with {labels} in {shards} shards: {out}")
+    shards = -(-shape[0] // opts.shard_size)
+    labels = "labels" if labelled else "no labels"
+    print(f"{shape[0]} examples {shape[1:]} with {labels} in {shards} shards: {out}")
     return 0
+
+
+def convert(npz: str, out: str, shard_size: int, x_key: str = "", y_key: str = ""):
+    """Write the images (and labels) of `npz`, as `data.load_npz` returns them, as shards
+    of `shard_size` into `out`, one shard in memory at a time; `(x shape, has labels)`."""
+    data._check_npz_path(npz)
+    where = repr(os.fspath(npz))
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".convert-", dir=parent)
+    try:
+        with data._open_npz(npz) as f:
+            x_key, y_key = data._npz_keys(f, where, x_key or None, y_key or None)
+            x = _extract(f, x_key, os.path.join(tmp, "x-in.npy"), where)
+            y = None if y_key is None else _extract(f, y_key, os.path.join(tmp, "y-in.npy"), where)
+        x = x.reshape(data._image_shape(x.shape, x_key, where))
+        arrays = {}
+        if y is not None:
+            y = data._check_labels(y, x.shape[0], y_key)
+            arrays["y"] = _open(os.path.join(tmp, "y.npy"), np.int32, y.shape)
+            for start in range(0, y.shape[0], shard_size):
+                arrays["y"][start : start + shard_size] = y[start : start + shard_size]
+        arrays = {"x": _open(os.path.join(tmp, "x.npy"), np.float32, x.shape), **arrays}
+        data._convert_images(x, arrays["x"], f"`x_key` {x_key!r} of {where}", chunk=shard_size)
+        for a in arrays.values():
+            a.flush()
+        pipeline.write_shards(arrays, out, shard_size=shard_size)
+        return x.shape, y is not None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open(path: str, dtype, shape) -> np.memmap:
+    """A new `.npy` file at `path`, memory-mapped for writing."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _extract(f, key: str, path: str, where: str) -> np.memmap:
+    """The member `key` of the open `.npz` `f` copied (decompressed) block by block to the
+    `.npy` file `path`, memory-mapped read-only; `ValueError` naming `where` when it is
+    damaged (errors writing `path` stay `OSError`)."""
+    member = key if key in f.zip.namelist() else key + ".npy"  # as `NpzFile[key]` finds it
+    try:
+        src = f.zip.open(member)
+    except data._READ_ERRORS as err:
+        raise data._damaged(where, err) from err
+    with src, open(path, "wb") as dst:
+        while True:
+            try:
+                block = src.read(_BLOCK)
+            except data._READ_ERRORS as err:
+                raise data._damaged(where, err) from err
+            if not block:
+                break
+            dst.write(block)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except data._READ_ERRORS as err:
+        raise data._damaged(where, err) from err
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -184,3 +186,81 @@ def test_make_shards_script(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         make_shards.main(["--help"])
     assert exit_info.value.code == 0 and "--shard_size" in capsys.readouterr().out
+
+
+def _read_shards(directory) -> dict[str, np.ndarray]:
+    """Every field of the shards in `directory`, concatenated in order."""
+    with open(os.path.join(directory, "index.json")) as f:
+        index = json.load(f)
+    return {
+        name: np.concatenate(
+            [np.load(os.path.join(directory, s["files"][name])) for s in index["shards"]]
+        )
+        for name in index["fields"]
+    }
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_make_shards_equals_load_npz(tmp_path, capsys, save):
+    """Stored and deflated archives, 103 examples in shards of 10 (the last holds 3): the
+    shards hold exactly the arrays of `data.load_npz` (float32 images, int32 labels given as
+    int64 [N, 1]); the temporary directory beside `--out` is gone."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (103, 5, 4, 3), dtype=np.uint8)
+    save(tmp_path / "d.npz", images=images, labels=rng.integers(0, 10, (103, 1)))
+    out = tmp_path / "s"
+    assert make_shards.main(["--npz", str(tmp_path / "d.npz"), "--out", str(out),
+                             "--shard_size", "10"]) == 0  # fmt: skip
+    assert "103 examples (5, 4, 3) with labels in 11 shards" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["d.npz", "s"]
+    got = _read_shards(out)
+    x, y = data.load_npz(tmp_path / "d.npz")
+    assert got["x"].dtype == np.float32 and got["y"].dtype == np.int32
+    np.testing.assert_array_equal(got["x"], np.asarray(x))
+    np.testing.assert_array_equal(got["y"], np.asarray(y))
+
+
+def test_make_shards_streams(tmp_path):
+    """16000 uint8 images 8x8x1 (float32: 4 MiB) in shards of 100, deflated: the peak of
+    the memory allocated while converting (tracemalloc tracks NumPy's buffers) stays under
+    1/4 of the float32 images (about 0.3 MiB, mostly zlib and the 64 KiB read blocks), so
+    neither they nor the uint8 images are ever held whole."""
+    images = np.random.default_rng(2).integers(0, 256, (16000, 8, 8), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "d.npz", x=images, y=np.arange(16000))
+    full = images.size * 4
+    argv = ["--npz", str(tmp_path / "d.npz"), "--out", str(tmp_path / "s"), "--shard_size", "100"]
+    tracemalloc.start()
+    try:
+        assert make_shards.main(argv) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < full / 4, (peak, full)
+    got = _read_shards(tmp_path / "s")
+    np.testing.assert_array_equal(got["x"][..., 0], images / np.float32(127.5) - 1)
+    np.testing.assert_array_equal(got["y"], np.arange(16000))
+
+
+def test_make_shards_bad_input_leaves_nothing(tmp_path, capsys):
+    """Float images with NaN rows, labels of the wrong length, a damaged deflate stream: one
+    stderr line naming the key (the NaN rows counted over every shard) or the file, nothing
+    left beside `--out`."""
+    x = np.zeros((30, 4, 4), np.float32)
+    x[[4, 17, 25]] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    np.savez(tmp_path / "len.npz", x=np.zeros((30, 4, 4), np.uint8), y=np.zeros(29, np.int64))
+    np.savez_compressed(tmp_path / "z.npz", x=np.arange(4096, dtype=np.uint8).reshape(64, 8, 8))
+    raw = bytearray((tmp_path / "z.npz").read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside the deflate stream of x
+    (tmp_path / "flip.npz").write_bytes(bytes(raw))
+    for name, message in (
+        ("flip.npz", r"flip.npz' is damaged"),
+        ("nan.npz", r"`x_key` 'x' of .*nan.npz': 3 of 30 rows hold NaN or inf \(rows 4, 17, 25\)"),
+        ("len.npz", r"`y_key` 'y' must hold integer labels of shape \[N\] = \[30\]"),
+    ):
+        argv = ["--npz", str(tmp_path / name), "--out", str(tmp_path / "out" / "s"),
+                "--shard_size", "8"]  # fmt: skip
+        assert make_shards.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(message, err[0]), err
+        assert os.listdir(tmp_path / "out") == []
