@@ -87,8 +87,8 @@ RECIPES = {
         **_LONGER,
         "label_dropout": 0.5,
     },
-    "the same at lr 4e-3 (the preset)": {**_LIKELIHOOD, **_LONGER, "label_dropout": 0.5, "lr": 4e-3},
-    "lr 4e-3, label dropout 0.5, trained on [6.1e-3, 1]": {
+    "the same at lr 4e-3": {**_LIKELIHOOD, **_LONGER, "label_dropout": 0.5, "lr": 4e-3},
+    "lr 4e-3, label dropout 0.5, trained on [6.1e-3, 1] (the preset)": {
         **_LIKELIHOOD,
         **_LONGER,
         "label_dropout": 0.5,

@@ -51,6 +51,9 @@ NEUTRAL = dict(
     p_mean=-1.2,
     p_std=1.2,
     time_scale=0.0,
+    importance_sampling=False,
+    lr=1e-3,
+    lr_decay_steps=0,
 )
 
 RECIPES = {
@@ -62,6 +65,22 @@ RECIPES = {
     "EDM, edm, sigma_data 1.4, time_scale 250": dict(
         process="edm", loss="edm", sigma_data=1.4, time_scale=250.0
     ),
+    "EDM, edm, sigma_data 0.5, P_mean -2, time_scale 25": dict(
+        process="edm", loss="edm", time_scale=25.0, p_mean=-2.0
+    ),
+    "EDM, edm, sigma_data 0.5, P_mean -2, P_std 1.6, time_scale 25": dict(
+        process="edm", loss="edm", time_scale=25.0, p_mean=-2.0, p_std=1.6
+    ),
+    "EDM, edm, sigma_data 0.5, time_scale 25, lr 3e-3 cosine to 0": dict(
+        process="edm", loss="edm", time_scale=25.0, lr=3e-3, lr_decay_steps=3000
+    ),
+    "EDM, edm, sigma_data 0.5, time_scale 1, lr 3e-3 cosine to 0": dict(
+        process="edm", loss="edm", time_scale=1.0, lr=3e-3, lr_decay_steps=3000
+    ),
+    "eps-DSM, vp, likelihood weighting, IS times": dict(
+        process="vp", loss="dsm", prediction="eps", weighting="likelihood",
+        importance_sampling=True,
+    ),  # fmt: skip
     "FM, rectified_flow, uniform t": dict(process="rectified_flow", loss="flow_matching"),
     "FM, rectified_flow, logit-normal t (0, 1)": dict(
         process="rectified_flow", loss="flow_matching", time_sampling="logit_normal"

@@ -130,10 +130,10 @@ class Config:
     )
     # optimisation
     optimizer: str = opt("adam", "optimiser", choices=("adam", "adamw"))
-    lr: float = opt(1e-3, "peak learning rate")
+    lr: float = opt(3e-3, "peak learning rate")
     warmup_steps: int = opt(100, "linear learning-rate warm-up steps")
     lr_decay_steps: int = opt(
-        0,
+        3000,
         "cosine decay of the learning rate to 0 at this step, warm-up included (0: constant); "
         "raise it with --steps",
     )

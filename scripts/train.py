@@ -378,6 +378,12 @@ def train_and_evaluate(
         f"{ds.event_shape}; {config.process} {config.loss} ({kind}{detail}); "
         f"{config.model} {size / 1e6:.2f}M params; {jax.device_count()} device(s)"
     )
+    if 0 < config.lr_decay_steps < config.steps:
+        print(
+            f"warning: the learning rate reaches 0 at step {config.lr_decay_steps} "
+            f"(--lr_decay_steps) before --steps {config.steps}; the later steps do not train.",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     state, summary = train(run, workdir, resume)
     print(_summary_line(summary, config.steps, time.perf_counter() - start))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import signal
 import struct
@@ -227,11 +228,15 @@ def test_train_writes_config_checkpoints_figure(trained):
 
 
 def test_train_writes_logs(trained):
-    """metrics.jsonl: one row per logged step, falling loss, the warmed-up learning rate;
-    the TensorBoard event file holds the same losses and the sample figures' images."""
+    """metrics.jsonl: one row per logged step, falling loss, the learning rate past its
+    5-step warm-up on the default cosine decay (peak 3e-3, 0 at step 3000); the TensorBoard
+    event file holds the same losses and the sample figures' images."""
     rows = _metrics(trained)
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
-    assert rows[-1]["loss"] < rows[0]["loss"] and all(r["lr"] == 1e-3 for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    cosine = lambda k: 1.5e-3 * (1 + math.cos(math.pi * (k - 5) / (3000 - 5)))
+    # the rate of the update that made step s: after s - 1 updates
+    assert [r["lr"] for r in rows] == [pytest.approx(cosine(r["step"] - 1), rel=1e-5) for r in rows]
     assert all(a["wall_time"] <= b["wall_time"] for a, b in zip(rows, rows[1:], strict=False))
     (board,) = glob.glob(os.path.join(trained, "tensorboard"))
     values = [(e.step, v) for e in _events(board) for v in e.summary.value]
@@ -389,7 +394,7 @@ def test_resume_refuses_mismatch(tmp_path, capsys):
         np.testing.assert_array_equal(u, v)
     capsys.readouterr()
     assert train.main(["--workdir", a, "--steps", "60", "--resume", "--lr", "0.01"]) == 2
-    assert "lr: 0.001 -> 0.01" in _stderr_line(capsys)
+    assert "lr: 0.003 -> 0.01" in _stderr_line(capsys)
     assert train.main(["--workdir", a, "--steps", "60", *base]) == 2
     assert "--resume" in _stderr_line(capsys)
 
