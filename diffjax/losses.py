@@ -323,6 +323,7 @@ def flow_matching(
     labels: ArrayLike | None = None,
     label_dropout: Scalar = 0.0,
     null_label: int | None = None,
+    noise: ArrayLike | None = None,
     reduce_mean: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
     r"""Conditional flow matching: `E_{t, x_0, eps} ||v(x_t, t) - (alpha'(t) x_0 + sigma'(t) eps)||^2`.
@@ -334,6 +335,10 @@ def flow_matching(
     `Model(apply_fn, process, "velocity", params=params)`, for every continuous sampler and
     `log_prob`. Times are uniform on `[t_eps, T]` or logit-normal (`time_sampling`,
     `logit_mean`, `logit_std`; Esser et al. 2024). Labels and label dropout as in `dsm`.
+
+    `noise`: the `eps` paired with each `x_0` (`[B, *event]`, a coupling), instead of fresh
+    independent draws; with the pairs of `samplers.reflow_coupling` this is reflow (Liu et al.
+    2023, §2.2): training on the model's own PF-ODE coupling straightens its paths.
 
     Returns:
         `(loss, {"loss", "eps_mse"})`, the loss per dimension with `reduce_mean` (else summed
@@ -357,7 +362,15 @@ def flow_matching(
     t = _flow_times(
         t_key, x0.shape[0], x0.dtype, t_eps, process.T, time_sampling, logit_mean, logit_std
     )
-    eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
+    if noise is None:
+        eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
+    else:
+        eps = as_float_array(noise, "noise").astype(x0.dtype)
+        if eps.shape != x0.shape:
+            raise ValueError(
+                f"`noise` must have the shape of `x0` {x0.shape} (one eps per example), "
+                f"got {eps.shape}."
+            )
     coeffs = process.marginal_derivatives(t)
     return _regression_loss(
         params, apply_fn, x0, t, eps, coeffs, labels, "velocity", "simple", None, reduce_mean

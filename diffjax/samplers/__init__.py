@@ -17,7 +17,7 @@ from diffjax.samplers._driver import SamplerInfo
 from diffjax.samplers.discrete import ddim, ddpm
 from diffjax.samplers.karras import euler, heun
 from diffjax.samplers.multistep import dpm_solver, unipc
-from diffjax.samplers.ode import decode, encode, ode, probability_flow
+from diffjax.samplers.ode import decode, encode, ode, probability_flow, reflow_coupling
 from diffjax.samplers.sde import predictor_corrector, reverse_sde
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "ode",
     "predictor_corrector",
     "probability_flow",
+    "reflow_coupling",
     "reverse_sde",
     "unipc",
 ]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
 from diffjax._checks import (
     as_real_array,
     check_controller,
+    check_key,
     check_positive_int,
     check_shape,
     check_solver,
@@ -26,7 +28,7 @@ from diffjax.processes import AbstractProcess
 from diffjax.samplers import _driver as drv
 from diffjax.samplers.sde import _host_grid
 
-__all__ = ["decode", "encode", "ode", "probability_flow"]
+__all__ = ["decode", "encode", "ode", "probability_flow", "reflow_coupling"]
 
 
 def _options(
@@ -257,3 +259,23 @@ def decode(
         t_max,
         max_steps,
     )
+
+
+def reflow_coupling(key: Key, model: Model, shape: Shape, **decode_options):
+    """Pairs `(x_0, eps)` of the model's PF-ODE coupling, for reflow (Liu et al. 2023,
+    arXiv:2209.03003, §2.2): `eps ~ N(0, I)` `[B, *event]`, `x_0 = decode(model,
+    prior_std * eps)`, the state at `t_eps` (the process' own unless `t_eps=` is passed).
+
+    Train on them with `losses.flow_matching(..., x_0, noise=eps)`: the new velocity field
+    transports each `eps` along the straight line to its own `x_0`, so it needs fewer steps.
+    `decode_options` go to `decode` (`num_steps`, `solver`, `stepsize_controller`, ...).
+
+    Returns:
+        `(x0 [B, *event], eps [B, *event], info)`, `info` the `decode` solve's.
+    """
+    shape = check_shape(shape)
+    if not isinstance(model, Model):
+        raise TypeError(f"`model` must be a diffjax Model, got {type(model).__name__}.")
+    eps = jax.random.normal(check_key(key), shape)
+    x0, info = decode(model, model.process.prior_std * eps, **decode_options)
+    return x0, eps, info
