@@ -3,6 +3,7 @@
     python -m benchmarks.run [--quick] [--only overhead,peers,quality,likelihood] [--out PATH]
                              [--match REGEX] [--repeats N] [--skip-cpu-peers]
     JAX_PLATFORMS=cuda python -m benchmarks.run --gpu     # `make bench-gpu`
+    PYTHONPATH=. JAX_PLATFORMS=cuda python3 -m benchmarks.run --gpu   # jax[cuda] already there
 
 `--gpu` runs the GPU table (`GPU_GROUPS`: the overhead of every sampler and of the train step
 over the network floor, and the likelihood tables against the scipy host loop) on the
