@@ -8,6 +8,7 @@ as shards of `shard_size` examples, one `.npy` file per field and shard, with an
     pipeline.write_shards({"x": images, "y": labels}, "data/shards", shard_size=10_000)
     loader = pipeline.make_loader("data/shards", batch_size=128, seed=0)
     batch = next(loader)  # {"x": [128, H, W, C], "y": [128]}, NumPy
+    heldout = pipeline.read_examples("data/shards", 0, 1000)  # a contiguous range, in memory
 
 Multi-host: each process reads its own contiguous, disjoint part of the examples (by default
 part `jax.process_index()` of `jax.process_count()`), shuffled per epoch, and passes its local
@@ -27,9 +28,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from diffjax import data
 from diffjax._checks import check_int, check_positive_int
 
-__all__ = ["make_loader", "write_shards"]
+__all__ = ["make_loader", "read_examples", "write_shards"]
 
 INDEX_FILE = "index.json"
 READ_AHEAD = 8
@@ -39,26 +41,30 @@ READ_THREADS = 4
 _FORMAT = "diffjax-shards"
 
 
-def write_shards(arrays: Mapping[str, Any], directory, *, shard_size: int) -> str:
+def write_shards(arrays: Mapping[str, Any], directory, *, shard_size: int, order=None) -> str:
     """Write `arrays` (name -> array `[N, ...]`, one leading axis `N`) as `.npy` shards.
 
     Shard `s` holds examples `s * shard_size` to `(s + 1) * shard_size - 1` (the last one the
-    rest) as `<name>-<s:05d>.npy` for each name; `index.json` records the shapes, dtypes and
-    shard sizes. Arrays are read one shard at a time, so memory-mapped inputs larger than
-    memory work. The write is atomic: everything goes into a temporary sibling directory that
-    is renamed to `directory` when complete.
+    rest) of `arrays`, or of `arrays[order]`, as `<name>-<s:05d>.npy` for each name;
+    `index.json` records the shapes, dtypes and shard sizes. Arrays are read one shard at a
+    time, so memory-mapped inputs larger than memory work. The write is atomic: everything
+    goes into a temporary sibling directory that is renamed to `directory` when complete.
 
     Args:
         arrays: a mapping from field names (Python identifiers) to NumPy-convertible arrays.
         directory: where to write; it must not exist, or be empty.
         shard_size: examples per shard.
+        order: a permutation of `0..N-1` (e.g. `np.random.default_rng(0).permutation(N)`):
+            written example `i` is input example `order[i]`. Shuffling when writing makes
+            every contiguous range (each process's part, a held-out head) a uniform sample.
 
     Returns:
         The absolute path of `directory`.
 
     Raises:
         TypeError / ValueError naming the argument: no arrays, a bad name, a scalar, leading
-            sizes that differ or are 0, a non-empty `directory`, `shard_size < 1`.
+            sizes that differ or are 0, float rows holding NaN or inf (their count and first
+            indices), `order` not a permutation, a non-empty `directory`, `shard_size < 1`.
     """
     if not isinstance(arrays, Mapping) or not arrays:
         raise TypeError(
@@ -80,6 +86,15 @@ def write_shards(arrays: Mapping[str, Any], directory, *, shard_size: int) -> st
     if num == 0 or any(n != num for n in sizes.values()):
         raise ValueError(f"`arrays` must share a non-zero leading size, got {sizes}.")
     shard_size = check_positive_int(shard_size, "shard_size")
+    if order is not None:
+        order = np.asarray(order)
+        if order.shape != (num,) or not np.issubdtype(order.dtype, np.integer):
+            raise ValueError(
+                f"`order` must be an integer permutation of shape [{num}], got dtype "
+                f"{order.dtype} and shape {order.shape}."
+            )
+        if not np.array_equal(np.sort(order), np.arange(num)):
+            raise ValueError(f"`order` must be a permutation of 0..{num - 1}.")
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
         raise ValueError(f"`directory` {directory!r} already exists and is not an empty directory.")
@@ -87,13 +102,25 @@ def write_shards(arrays: Mapping[str, Any], directory, *, shard_size: int) -> st
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
     try:
-        shards = []
+        shards, bad = [], {name: (0, []) for name in fields}
         for s, start in enumerate(range(0, num, shard_size)):
+            rows = np.arange(start, min(start + shard_size, num))
+            if order is not None:
+                rows = order[rows]
+                ascending = np.sort(rows)  # read in ascending order (sequential on disk)
+                back = np.searchsorted(ascending, rows)
             files = {}
             for name, a in fields.items():
+                part = a[start : start + shard_size] if order is None else a[ascending][back]
+                count, first = bad[name]
+                nonfinite = rows[data._nonfinite_rows(part)]  # input indices
+                bad[name] = (count + nonfinite.size, first + nonfinite[:5].tolist())
                 files[name] = f"{name}-{s:05d}.npy"
-                np.save(os.path.join(tmp, files[name]), a[start : start + shard_size])
+                np.save(os.path.join(tmp, files[name]), part)
             shards.append({"size": min(shard_size, num - start), "files": files})
+        for name, (count, first) in bad.items():
+            if count:
+                raise data._nonfinite_error(f"`arrays[{name!r}]`", count, first[:5], num)
         index = {
             "format": _FORMAT,
             "version": 1,
@@ -178,6 +205,46 @@ class _ShardSource:
         return {**self.__dict__, "_shards": None}
 
 
+def read_examples(directory, start: int, stop: int, *, fields=None) -> dict[str, np.ndarray]:
+    """Examples `start..stop-1` of the shards in `directory`, read into memory (NumPy).
+
+    Args:
+        directory: written by `write_shards`.
+        start, stop: the range, `0 <= start < stop <= N`.
+        fields: the names to read (default: every field).
+
+    Returns:
+        `{name: [stop - start, ...]}`.
+
+    Raises:
+        ValueError naming the argument: a missing or foreign `directory`, missing or
+            mismatched shard files, a range outside `0..N`, an unknown field.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    start, stop = check_int(start, "start"), check_int(stop, "stop")
+    index = _read_index(directory)
+    num = index["num_examples"]
+    if not start < stop <= num:
+        raise ValueError(
+            f"`start` and `stop` must satisfy 0 <= start < stop <= {num} for {directory!r}, "
+            f"got {start} and {stop}."
+        )
+    names = list(index["fields"]) if fields is None else list(fields)
+    unknown = sorted(set(names) - set(index["fields"]))
+    if unknown or not names:
+        raise ValueError(f"`fields` must name some of {sorted(index['fields'])}, got {names}.")
+    source = _ShardSource(directory, index)
+    parts, begin = {name: [] for name in names}, 0
+    for shard in source.open():
+        end = begin + len(next(iter(shard.values())))
+        lo, hi = max(start, begin), min(stop, end)
+        if lo < hi:
+            for name in names:
+                parts[name].append(np.asarray(shard[name][lo - begin : hi - begin]))
+        begin = end
+    return {name: np.concatenate(p) for name, p in parts.items()}
+
+
 def make_loader(
     directory,
     *,
@@ -186,15 +253,19 @@ def make_loader(
     shard_index: int | None = None,
     shard_count: int | None = None,
     num_epochs: int | None = None,
+    skip_examples: int = 0,
+    start_batch: int = 0,
     worker_count: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Shuffled batches `{name: [batch_size, ...]}` (NumPy) from the shards in `directory`.
 
-    The `N` examples are cut into `shard_count` contiguous parts of `N // shard_count`
-    (the last `N % shard_count` examples are left out, so every process runs the same number
-    of steps); this process reads part `shard_index`. Each epoch visits its part in a new
-    order (a Grain `MapDataset` shuffle, reseeded per epoch, a pure function of `seed`) and
-    drops the last `part % batch_size` examples of that order.
+    The `N - skip_examples` examples after the first `skip_examples` are cut into
+    `shard_count` contiguous parts of `(N - skip_examples) // shard_count` (the remainder at
+    the end is left out, so every process runs the same number of steps); this process reads
+    part `shard_index`. Each epoch visits its part in a new order (a Grain `MapDataset`
+    shuffle, reseeded per epoch, a pure function of `seed`) and drops the last
+    `part % batch_size` examples of that order. The stream is random-access: `start_batch=k`
+    begins exactly where an uninterrupted stream is after `k` batches.
 
     Args:
         directory: written by `write_shards`.
@@ -204,6 +275,9 @@ def make_loader(
         shard_index, shard_count: this process's part; default `jax.process_index()` of
             `jax.process_count()` (give both or neither).
         num_epochs: stop after this many epochs (`None`: never).
+        skip_examples: leave out the first examples (e.g. kept as a held-out set, read with
+            `read_examples(directory, 0, skip_examples)`).
+        start_batch: begin at this batch of the stream (resuming at a training step).
         worker_count: Grain worker processes reading ahead (0: read in this process).
 
     Returns:
@@ -212,12 +286,15 @@ def make_loader(
     Raises:
         ValueError naming the argument: a missing or foreign `directory`, missing or
             mismatched shard files, `batch_size < 1` or larger than the part, a
-            `shard_index` outside `0..shard_count - 1`.
+            `shard_index` outside `0..shard_count - 1`, `skip_examples` or `start_batch`
+            negative, or `skip_examples` leaving no example.
     """
     directory = os.path.abspath(os.fspath(directory))
     batch_size = check_positive_int(batch_size, "batch_size")
     seed = check_int(seed, "seed")
     worker_count = check_int(worker_count, "worker_count")
+    skip_examples = check_int(skip_examples, "skip_examples")
+    start_batch = check_int(start_batch, "start_batch")
     if num_epochs is not None:
         num_epochs = check_positive_int(num_epochs, "num_epochs")
     if (shard_index is None) != (shard_count is None):
@@ -232,7 +309,12 @@ def make_loader(
             f"got {shard_index}."
         )
     index = _read_index(directory)
-    part = index["num_examples"] // shard_count
+    if not 0 <= skip_examples < index["num_examples"]:
+        raise ValueError(
+            f"`skip_examples` must lie in 0..{index['num_examples'] - 1} for the "
+            f"{index['num_examples']} examples of {directory!r}, got {skip_examples}."
+        )
+    part = (index["num_examples"] - skip_examples) // shard_count
     if batch_size > part:
         raise ValueError(
             f"`batch_size` {batch_size} exceeds the {part} examples of each of the "
@@ -242,8 +324,10 @@ def make_loader(
     source.open()  # check every shard file now, not at the first batch
     import grain
 
-    ds = grain.MapDataset.source(source)[shard_index * part : (shard_index + 1) * part]
+    first = skip_examples + shard_index * part
+    ds = grain.MapDataset.source(source)[first : first + part]
     ds = ds.shuffle(seed=seed).batch(batch_size, drop_remainder=True).repeat(num_epochs)
+    ds = ds[start_batch:]
     # Grain's default reads 500 elements (here batches) ahead: too many batches of images.
     read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD)
     ds = ds.to_iter_dataset(read)

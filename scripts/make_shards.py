@@ -6,11 +6,14 @@
 The images are read as `--dataset npz:<path>` reads them (`diffjax.data.load_npz`: the first
 of `x_train`, `images`, `x`, ... unless `--x_key`; uint8 pixels mapped to `[-1, 1]`, float32,
 NHWC) and written with `pipeline.write_shards` as the fields `x` and, when present, `y`
-(int32 labels), atomically into `--out`, which must not exist or be empty. Stream them with
+(int32 labels), atomically into `--out`, which must not exist or be empty, in a random order
+drawn from `--seed` (`--no-shuffle` keeps the archive's order): each process's contiguous
+part of the shards, and the held-out head `scripts/train.py --dataset shards:<out>` keeps
+aside, are then uniform samples even when the archive is sorted by class. Stream them with
 `pipeline.make_loader(out, batch_size=..., seed=...)`.
 
 The conversion streams, for archives larger than memory: it needs memory for about one shard
-(plus a constant), whatever the number of examples. The image and label members are copied
+(plus a constant and 8 bytes per example for the order), whatever the number of examples. The image and label members are copied
 out of the archive (decompressed when saved with `numpy.savez_compressed`) into a temporary
 directory beside `--out`, read memory-mapped and converted one shard at a time into
 memory-mapped float32 images and int32 labels, from which the shards are written. That
@@ -47,6 +50,8 @@ class ShardOptions:
     shard_size: int = opt(10_000, "examples per shard")
     x_key: str = opt("", "the array of images ('': the first of x_train, images, x, ...)")
     y_key: str = opt("", "the array of labels ('': the first of y_train, labels, y, ...)")
+    shuffle: bool = opt(True, "write the examples in a random order drawn from --seed")
+    seed: int = opt(0, "the seed of that order")
 
 
 def main(argv=None) -> int:
@@ -63,18 +68,24 @@ def _main(argv) -> int:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UsageError(f"--out {out!r} already exists and is not an empty directory.")
     try:
-        shape, labelled = convert(opts.npz, out, opts.shard_size, opts.x_key, opts.y_key)
+        seed = opts.seed if opts.shuffle else None
+        shape, labelled = convert(opts.npz, out, opts.shard_size, opts.x_key, opts.y_key, seed)
     except (OSError, TypeError, ValueError) as err:
         raise UsageError(str(err).splitlines()[0]) from err
     shards = -(-shape[0] // opts.shard_size)
     labels = "labels" if labelled else "no labels"
-    print(f"{shape[0]} examples {shape[1:]} with {labels} in {shards} shards: {out}")
+    order = f"shuffled with seed {opts.seed}" if opts.shuffle else "in the archive's order"
+    print(f"{shape[0]} examples {shape[1:]} with {labels} in {shards} shards ({order}): {out}")
     return 0
 
 
-def convert(npz: str, out: str, shard_size: int, x_key: str = "", y_key: str = ""):
+def convert(
+    npz: str, out: str, shard_size: int, x_key: str = "", y_key: str = "", seed: int | None = 0
+):
     """Write the images (and labels) of `npz`, as `data.load_npz` returns them, as shards
-    of `shard_size` into `out`, one shard in memory at a time; `(x shape, has labels)`."""
+    of `shard_size` into `out`, one shard in memory at a time, in the order
+    `np.random.default_rng(seed).permutation(N)` (`seed=None`: the archive's order);
+    `(x shape, has labels)`."""
     data._check_npz_path(npz)
     where = repr(os.fspath(npz))
     parent = os.path.dirname(out)
@@ -96,7 +107,8 @@ def convert(npz: str, out: str, shard_size: int, x_key: str = "", y_key: str = "
         data._convert_images(x, arrays["x"], f"`x_key` {x_key!r} of {where}", chunk=shard_size)
         for a in arrays.values():
             a.flush()
-        pipeline.write_shards(arrays, out, shard_size=shard_size)
+        order = None if seed is None else np.random.default_rng(seed).permutation(x.shape[0])
+        pipeline.write_shards(arrays, out, shard_size=shard_size, order=order)
         return x.shape, y is not None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

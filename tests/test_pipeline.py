@@ -115,6 +115,50 @@ def test_uneven_parts_are_equal_and_disjoint(shards):
     np.testing.assert_array_equal(next(loader)["y"], following)
 
 
+def test_order_held_out_head_and_resume(tmp_path):
+    """Written in a permuted order, read back by `read_examples` across shard boundaries;
+    `skip_examples=10` keeps the head aside (two processes split the other 50 into parts of
+    25), and `start_batch=k` continues the stream exactly where it is after k batches, across
+    an epoch boundary."""
+    order = np.random.default_rng(3).permutation(N)
+    shards = pipeline.write_shards(_examples(), tmp_path / "s", shard_size=16, order=order)
+    head = pipeline.read_examples(shards, 0, 10)
+    np.testing.assert_array_equal(head["y"], order[:10])
+    np.testing.assert_array_equal(head["x"], _examples()["x"][order[:10]])
+    middle = pipeline.read_examples(shards, 14, 35, fields=["y"])
+    assert list(middle) == ["y"] and list(middle["y"]) == list(order[14:35])
+    parts = []
+    for k in range(2):
+        loader = pipeline.make_loader(shards, batch_size=5, seed=0, shard_index=k, shard_count=2,
+                                      skip_examples=10, num_epochs=1)  # fmt: skip
+        parts.append(np.concatenate(_labels(loader)))
+    np.testing.assert_array_equal(np.sort(parts[0]), np.sort(order[10:35]))
+    np.testing.assert_array_equal(np.sort(parts[1]), np.sort(order[35:]))
+    loader = pipeline.make_loader(shards, batch_size=5, seed=4, skip_examples=10)
+    stream = [next(loader)["y"] for _ in range(25)]  # 10 batches an epoch
+    resumed = pipeline.make_loader(shards, batch_size=5, seed=4, skip_examples=10, start_batch=7)
+    for want in stream[7:]:
+        np.testing.assert_array_equal(next(resumed)["y"], want)
+
+
+def test_write_shards_refuses_nonfinite_rows_and_bad_orders(tmp_path):
+    """NaN / inf rows are named by their input index (also when permuted) and nothing is
+    written; an `order` that is not a permutation of 0..N-1 is refused."""
+    x = _examples()["x"].copy()
+    x[[7, 41]] = np.nan
+    x[50, 1] = np.inf
+    order = np.random.default_rng(0).permutation(N)
+    for kw in ({}, {"order": order}):
+        with pytest.raises(ValueError, match=r"`arrays\['x'\]`: 3 of 60 rows hold NaN or inf"):
+            pipeline.write_shards({"x": x}, tmp_path / "n", shard_size=16, **kw)
+    with pytest.raises(ValueError, match=r"\(rows 7, 41, 50\)"):
+        pipeline.write_shards({"x": x}, tmp_path / "n", shard_size=16)
+    for bad in (order[:-1], order.astype(float), np.zeros(N, int)):
+        with pytest.raises(ValueError, match="`order`"):
+            pipeline.write_shards(_examples(), tmp_path / "o", shard_size=16, order=bad)
+    assert os.listdir(tmp_path) == []
+
+
 def test_bad_inputs_name_the_argument(shards, tmp_path):
     def loader(directory=shards, **kw):
         return pipeline.make_loader(directory, **{"batch_size": 4, "seed": 0, **kw})
@@ -132,6 +176,10 @@ def test_bad_inputs_name_the_argument(shards, tmp_path):
         ({"shard_index": 0, "shard_count": 0}, "shard_count"),
         ({"num_epochs": 0}, "num_epochs"),
         ({"worker_count": -1}, "worker_count"),
+        ({"skip_examples": -1}, "skip_examples"),
+        ({"skip_examples": 60}, "skip_examples"),
+        ({"skip_examples": 50, "batch_size": 11}, "batch_size"),
+        ({"start_batch": -1}, "start_batch"),
     ):
         with pytest.raises(ValueError, match=f"`{name}`"):
             loader(**kw)
@@ -151,6 +199,13 @@ def test_bad_inputs_name_the_argument(shards, tmp_path):
     os.remove(os.path.join(broken, "x-00001.npy"))
     with pytest.raises(ValueError, match="x-00001.npy is missing"):
         loader(broken, batch_size=2)
+    for kw, name in (({"start": 5, "stop": 5}, "start"), ({"start": 0, "stop": 61}, "stop"),
+                     ({"start": 0, "stop": 2, "fields": ["z"]}, "fields"),
+                     ({"start": 0, "stop": 2, "fields": []}, "fields")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            pipeline.read_examples(shards, **kw)
+    with pytest.raises(TypeError, match="start"):
+        pipeline.read_examples(shards, 0.0, 2)
 
 
 def test_make_shards_script(tmp_path, capsys):
@@ -202,22 +257,35 @@ def _read_shards(directory) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
 def test_make_shards_equals_load_npz(tmp_path, capsys, save):
-    """Stored and deflated archives, 103 examples in shards of 10 (the last holds 3): the
-    shards hold exactly the arrays of `data.load_npz` (float32 images, int32 labels given as
-    int64 [N, 1]); the temporary directory beside `--out` is gone."""
+    """Stored and deflated archives, 103 examples in shards of 10 (the last holds 3): with
+    `--no-shuffle` the shards hold exactly the arrays of `data.load_npz` (float32 images,
+    int32 labels given as int64 [N, 1]); by default the same (image, label) pairs in an order
+    that is a function of `--seed` and not the archive's; the temporary directory beside
+    `--out` is gone."""
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (103, 5, 4, 3), dtype=np.uint8)
-    save(tmp_path / "d.npz", images=images, labels=rng.integers(0, 10, (103, 1)))
-    out = tmp_path / "s"
-    assert make_shards.main(["--npz", str(tmp_path / "d.npz"), "--out", str(out),
-                             "--shard_size", "10"]) == 0  # fmt: skip
+    labels = rng.integers(0, 10, (103, 1))
+    images[:, 0, 0, 0] = labels[:, 0]  # each image carries its label in its first pixel
+    save(tmp_path / "d.npz", images=images, labels=labels)
+    argv = ["--npz", str(tmp_path / "d.npz"), "--shard_size", "10"]
+    assert make_shards.main([*argv, "--out", str(tmp_path / "s"), "--no-shuffle"]) == 0
     assert "103 examples (5, 4, 3) with labels in 11 shards" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ["d.npz", "s"]
-    got = _read_shards(out)
-    x, y = data.load_npz(tmp_path / "d.npz")
+    got = _read_shards(tmp_path / "s")
+    x, y = map(np.asarray, data.load_npz(tmp_path / "d.npz"))
     assert got["x"].dtype == np.float32 and got["y"].dtype == np.int32
-    np.testing.assert_array_equal(got["x"], np.asarray(x))
-    np.testing.assert_array_equal(got["y"], np.asarray(y))
+    np.testing.assert_array_equal(got["x"], x)
+    np.testing.assert_array_equal(got["y"], y)
+    rows = []
+    for k, seed in enumerate((0, 0, 1)):
+        assert make_shards.main([*argv, "--out", str(tmp_path / f"r{k}"), "--seed", str(seed)]) == 0
+        shuffled = _read_shards(tmp_path / f"r{k}")
+        np.testing.assert_array_equal(shuffled["x"][:, 0, 0, 0] * 127.5 + 127.5, shuffled["y"])
+        rows.append(shuffled["x"].reshape(103, -1))
+        assert sorted(map(bytes, rows[-1])) == sorted(map(bytes, x.reshape(103, -1)))
+    assert np.array_equal(rows[0], rows[1]) and not np.array_equal(rows[0], rows[2])
+    assert not np.array_equal(rows[0], x.reshape(103, -1))
+    assert sorted(os.listdir(tmp_path)) == ["d.npz", "r0", "r1", "r2", "s"]
 
 
 def test_make_shards_streams(tmp_path):
@@ -237,8 +305,8 @@ def test_make_shards_streams(tmp_path):
         tracemalloc.stop()
     assert peak < full / 4, (peak, full)
     got = _read_shards(tmp_path / "s")
-    np.testing.assert_array_equal(got["x"][..., 0], images / np.float32(127.5) - 1)
-    np.testing.assert_array_equal(got["y"], np.arange(16000))
+    assert sorted(got["y"]) == list(range(16000))  # shuffled; each label is its index
+    np.testing.assert_array_equal(got["x"][..., 0], images[got["y"]] / np.float32(127.5) - 1)
 
 
 def test_make_shards_bad_input_leaves_nothing(tmp_path, capsys):
