@@ -32,9 +32,10 @@ forward and backward pass, the reduction of each gradient onto its shards):
     state = jax.device_put(state, sharding)
     train_step = make_train_step(loss_fn, optimizer, mesh=mesh, state_sharding=sharding)
 
-`Checkpointer.restore(like)` with a sharded `like` restores into the same shardings. (On
-several hosts the checkpoint checksum, `state_digest`, cannot yet read arrays split across
-hosts: checkpoint FSDP states from one host.)
+`Checkpointer.restore(like)` with a sharded `like` restores into the same shardings, or any
+other (a checkpoint written by several hosts restores on one device, and the reverse). On
+several hosts every process calls the step, `save` and `restore` (each with its own
+`shard_batch` of its local batch, e.g. from `pipeline.make_loader`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array
 
@@ -360,12 +362,17 @@ def shard_batch(batch, mesh: Mesh, *, data_axis: str = "data"):
 def state_digest(state) -> str:
     """sha256 (hex) of every array of `state`: each leaf's dtype, shape and bytes, in leaf order.
 
-    Replicated (e.g. multi-host) arrays are read from one local copy.
+    The digest is of the global arrays, whatever their sharding: replicated arrays are read
+    from one local copy, and arrays split across hosts (multi-host FSDP) are all-gathered one
+    at a time (`multihost_utils.process_allgather`), a collective, so on several hosts every
+    process must call it, as it does in `Checkpointer.save` and `restore`.
     """
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(state):
         if isinstance(leaf, jax.Array) and leaf.is_fully_replicated:
             leaf = leaf.addressable_data(0)
+        elif isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
         a = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())

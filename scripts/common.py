@@ -64,7 +64,10 @@ class Dataset:
     """Train and held-out arrays (NumPy, on the host) and what the evaluation needs to know.
 
     `levels`: number of grey levels of image data mapped to `[-1, 1]` (`None` for 2-D);
-    `exact`: the data's exact density when known (a `GaussianMixture`), for reference NLLs.
+    `exact`: the data's exact density when known (a `GaussianMixture`), for reference NLLs;
+    `shards`: for `shards:<dir>`, the directory the training examples stream from (examples
+    `num_heldout..N-1`, `num_train` of them); `x_train` then holds only the first
+    `SHARD_HEAD` of them, for the metrics' noise floor.
     """
 
     x_train: np.ndarray
@@ -74,6 +77,12 @@ class Dataset:
     num_classes: int | None
     levels: int | None
     exact: Any = None
+    shards: str | None = None
+    num_shard_train: int = 0
+
+    @property
+    def num_train(self) -> int:
+        return self.x_train.shape[0] if self.shards is None else self.num_shard_train
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -138,14 +147,60 @@ def _load_data(config: Config) -> Dataset:
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from err
         levels = 256
+    elif name.startswith("shards:"):
+        return _load_shards(name[7:], config.num_heldout)
     else:
         raise UsageError(
-            f"--dataset must be one of {sorted(TOY_SETS)}, digits or npz:<path>, got {name!r}."
+            f"--dataset must be one of {sorted(TOY_SETS)}, digits, npz:<path> or "
+            f"shards:<dir>, got {name!r}."
         )
     x, y = np.asarray(x), None if y is None else np.asarray(y)
     parts = _split(jax.random.key(0), x, y, config.num_heldout)
     num_classes = None if y is None else int(y.max()) + 1
     return Dataset(*parts, num_classes, levels)
+
+
+SHARD_HEAD = 4096
+"""Training examples of a `shards:<dir>` data set read into memory (the metrics' floor)."""
+
+
+def _load_shards(directory: str, num_heldout: int) -> Dataset:
+    """`shards:<dir>` (written by `pipeline.write_shards` or `scripts/make_shards.py`, which
+    shuffles): the first `num_heldout` examples held out, the rest streamed in training.
+    Field `x`: images `[H, W, C]` in `[-1, 1]` from 256 grey levels, or vectors `[D]`;
+    optional `y`: integer labels."""
+    from diffjax import pipeline
+
+    try:
+        index = pipeline._read_index(os.path.abspath(directory))
+        num = index["num_examples"]
+        fields = index["fields"]
+        if "x" not in fields or len(fields["x"]["shape"]) not in (1, 3):
+            raise ValueError(
+                f"shards:{directory} needs a field 'x' of images [H, W, C] or vectors [D], "
+                f"has {dict((k, v['shape']) for k, v in fields.items())}."
+            )
+        if not 0 < num_heldout < num:
+            raise UsageError(
+                f"--num_heldout must lie in 1..{num - 1} for this data set, got {num_heldout}."
+            )
+        held = pipeline.read_examples(directory, 0, num_heldout)
+        head = pipeline.read_examples(directory, num_heldout, min(num, num_heldout + SHARD_HEAD))
+        labels = None
+        if "y" in fields:
+            labels = pipeline.read_examples(directory, 0, num, fields=["y"])["y"]
+    except ValueError as err:
+        raise UsageError(str(err).splitlines()[0]) from err
+    num_classes = None
+    if labels is not None:
+        if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1 or labels.min() < 0:
+            raise UsageError(f"shards:{directory}: field 'y' must hold labels 0, 1, ... [N].")
+        num_classes = int(labels.max()) + 1
+    levels = 256 if held["x"].ndim == 4 else None
+    return Dataset(
+        head["x"], head.get("y"), held["x"], held.get("y"), num_classes, levels,
+        shards=os.path.abspath(directory), num_shard_train=num - num_heldout,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- process, model
@@ -259,10 +314,9 @@ def check_config(config: Config, dataset: Dataset) -> None:
         raise UsageError(f"--model unet is for images; use --model mlp for {config.dataset}.")
     if config.conditional and dataset.num_classes is None:
         raise UsageError(f"--conditional needs labels; {config.dataset} has none.")
-    if config.batch_size > dataset.x_train.shape[0]:
+    if config.batch_size > dataset.num_train:
         raise UsageError(
-            f"--batch_size {config.batch_size} exceeds the {dataset.x_train.shape[0]} "
-            "training examples."
+            f"--batch_size {config.batch_size} exceeds the {dataset.num_train} training examples."
         )
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(config, name) < 1:

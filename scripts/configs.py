@@ -52,7 +52,8 @@ class Config:
     dataset: str = opt(
         "eight_gaussians",
         "eight_gaussians | two_moons | swiss_roll | checkerboard | two_class (2-D), "
-        "digits (8x8, bundled), or npz:<path> (local MNIST/CIFAR .npz)",
+        "digits (8x8, bundled), npz:<path> (local MNIST/CIFAR .npz), or shards:<dir> "
+        "(streamed, from scripts/make_shards.py; the first --num_heldout held out)",
     )
     num_train: int = opt(100_000, "training points drawn once (2-D sets)")
     num_heldout: int = opt(4000, "held-out points (2-D: fresh draws; images: split off)")

@@ -102,15 +102,38 @@ def _batches(run: common.Run, start: int):
     batches as an uninterrupted one.
     """
     ds, config = run.dataset, run.config
+    procs = jax.process_count()
+    if ds.shards is not None:
+        return _shard_batches(run, start, config.batch_size // procs)
     arrays = (ds.x_train, ds.y_train) if config.conditional else ds.x_train
     key = jax.random.fold_in(jax.random.key(config.seed), 1)
     stream = itertools.islice(data.batches(key, arrays, config.batch_size), start, None)
-    procs = jax.process_count()
     if procs == 1:
         return stream
     local = config.batch_size // procs
     lo = jax.process_index() * local
     return (jax.tree.map(lambda a: a[lo : lo + local], b) for b in stream)
+
+
+def _shard_batches(run: common.Run, start: int, local_batch: int):
+    """This process's batches of a `shards:<dir>` data set from step `start` on: its own part
+    of the examples after the held-out head (`pipeline.make_loader`), a pure function of the
+    seed and the step."""
+    from diffjax import pipeline
+
+    ds, config = run.dataset, run.config
+    try:
+        loader = pipeline.make_loader(
+            ds.shards, batch_size=local_batch, seed=config.seed,
+            skip_examples=config.num_heldout, start_batch=start,
+        )  # fmt: skip
+    except ModuleNotFoundError as err:
+        raise UsageError(
+            f"--dataset shards: needs Grain, pip install diffjax[data] ({err})."
+        ) from err
+    except ValueError as err:
+        raise UsageError(str(err).splitlines()[0]) from err
+    return ((b["x"], b["y"]) if config.conditional else b["x"] for b in loader)
 
 
 def _save_final(ckpt: training.Checkpointer, state: training.TrainState, step: int) -> None:
@@ -374,7 +397,7 @@ def train_and_evaluate(
     }.get(config.loss, "")
     kind = common.model_prediction(config)
     print(
-        f"{config.dataset}: {ds.x_train.shape[0]} train / {ds.x_heldout.shape[0]} held-out "
+        f"{config.dataset}: {ds.num_train} train / {ds.x_heldout.shape[0]} held-out "
         f"{ds.event_shape}; {config.process} {config.loss} ({kind}{detail}); "
         f"{config.model} {size / 1e6:.2f}M params; {jax.device_count()} device(s)"
     )

@@ -482,6 +482,50 @@ def test_ctrl_c_is_a_clean_cut_and_resume_is_bit_identical(tmp_path, monkeypatch
     _assert_same_state(a, b, 40)
 
 
+def test_train_streams_shards_and_resumes_at_the_step(tmp_path, monkeypatch, capsys):
+    """`--dataset shards:<dir>` (two_class points and labels written shuffled by
+    `pipeline.write_shards`): the first 400 examples are held out, and the training batches
+    of a 10-step run resumed to 20 steps are the first 20 batches of the loader over the
+    other 2000 (rows and labels from the shards, none held out), so the stream resumes at
+    the step. Bad shard directories are one line."""
+    from diffjax import pipeline
+
+    x, y = map(np.asarray, dj.data.two_class(jax.random.key(5), 2400))
+    order = np.random.default_rng(0).permutation(2400)
+    shards = pipeline.write_shards({"x": x, "y": y}, tmp_path / "s", shard_size=500, order=order)
+    make_train_step, seen = training.make_train_step, []
+
+    def make(*args, **kwargs):
+        step_fn = make_train_step(*args, **kwargs)
+
+        def stepped(state, batch, key):
+            seen.append(jax.tree.map(np.asarray, batch))
+            return step_fn(state, batch, key)
+
+        return stepped
+
+    monkeypatch.setattr(training, "make_train_step", make)
+    workdir = str(tmp_path / "a")
+    base = [*TINY, *NO_EVAL, "--dataset", f"shards:{shards}", "--conditional"]
+    assert train.main(["--workdir", workdir, *base, "--steps", "10"]) == 0
+    assert "2000 train / 400 held-out (2,)" in capsys.readouterr().out
+    assert train.main(["--workdir", workdir, "--steps", "20", "--resume"]) == 0
+    assert "resumed from step 10" in capsys.readouterr().out
+    loader = pipeline.make_loader(shards, batch_size=64, seed=0, skip_examples=400)
+    held = set(order[:400].tolist())
+    for xb, yb in seen:
+        want = next(loader)
+        np.testing.assert_array_equal(xb, want["x"])
+        np.testing.assert_array_equal(yb, want["y"])
+        rows = [int(np.flatnonzero((x == r).all(axis=1))[0]) for r in xb]
+        assert not held & set(rows) and (y[rows] == yb).all()
+    assert len(seen) == 20
+    for where, message in ((tmp_path, "has no index.json"), (tmp_path / "no", "does not exist")):
+        argv = [*TINY, *NO_EVAL, "--dataset", f"shards:{where}", "--workdir", str(tmp_path / "w")]
+        assert train.main(argv) == 2
+        assert message in _stderr_line(capsys)
+
+
 # ----------------------------------------------------------------------------- data, options
 
 
