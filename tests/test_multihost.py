@@ -1,7 +1,8 @@
-"""Two JAX processes on one machine (2 CPU devices each, `jax.distributed` over localhost):
-each reads its own part of the shards, FSDP trains over the 4-device global mesh, the
-checkpoint is written by both with the checksum of the global arrays, and restores on both
-and on a single device; the parameters equal a 1-device run on the same global batches."""
+"""Two JAX processes on one machine (2 CPU devices each, `jax.distributed` over localhost)
+resume a checkpoint written on one device into an FSDP state over the 4-device global mesh,
+each read its own part of the shards and train, and write a checkpoint with the checksum of
+the global arrays, which restores on both and on a single device; the parameters equal a
+1-device run on the same global batches."""
 
 from __future__ import annotations
 
@@ -49,8 +50,10 @@ WORKER = textwrap.dedent(
 
     mesh = training.make_mesh()
     sharding = training.fsdp_sharding(fresh(), mesh, min_size=32)
-    state = jax.device_put(fresh(), sharding)  # split over both processes' devices
-    assert any(not a.is_fully_addressable for a in jax.tree.leaves(state))
+    with training.Checkpointer(ckpt_dir) as ckpt:  # written on one device; checksum verified
+        state = ckpt.restore(jax.device_put(fresh(), sharding))
+    assert int(state.step) == 1
+    assert any(not a.is_fully_addressable for a in jax.tree.leaves(state))  # split over hosts
     step = training.make_train_step(loss_fn, opt, ema_decay=0.9, mesh=mesh, state_sharding=sharding)
     loader = pipeline.make_loader(shards, batch_size=int(local_batch), seed=0)  # own part
     seen = []
@@ -60,6 +63,7 @@ WORKER = textwrap.dedent(
         batch = training.shard_batch({"x": local["x"]}, mesh)
         state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(2), i))
         assert int(metrics["nonfinite"]) == 0
+    assert int(state.step) == 1 + int(steps)
     digest = training.state_digest(state)
     with training.Checkpointer(ckpt_dir) as ckpt:
         ckpt.save(state, force=True)
@@ -80,16 +84,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_fsdp_train_checkpoint_and_restore_on_one_device(tmp_path):
-    """Both processes report the same checksum of the global (split) state, each read a
-    disjoint part of the shards (examples 0..499 and 500..999), the checkpoint they wrote
-    restores (checksum verified) on one device, and it equals 6 Adam steps on 1 device over
-    the concatenated local batches to rtol 1e-5 of each array's largest value."""
+def test_two_processes_fsdp_resume_train_checkpoint_and_restore_on_one_device(tmp_path):
+    """A one-step state saved on one device restores (checksum verified) into the FSDP state
+    of both processes; they report the same checksum of the global (split) state after 6
+    steps, each read a disjoint part of the shards (examples 0..499 and 500..999), the
+    checkpoint they wrote restores (checksum verified) on one device, and it equals 6 more
+    Adam steps on 1 device over the concatenated local batches to rtol 1e-5 of each array's
+    largest value."""
     x = np.asarray(dj.data.eight_gaussians(jax.random.key(0), N))
     shards = pipeline.write_shards({"x": x, "y": np.arange(N)}, tmp_path / "s", shard_size=300)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port, ckpt = _free_port(), str(tmp_path / "ckpt")
+    scope: dict = {}
+    exec(SETUP, scope)
+    step = training.make_train_step(scope["loss_fn"], scope["opt"], ema_decay=0.9)
+    first, _ = step(scope["fresh"](), {"x": x[:64]}, jax.random.key(9))
+    with training.Checkpointer(ckpt) as c:
+        c.save(first)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     env.pop("JAX_PLATFORMS", None)
     procs = [
@@ -109,19 +121,17 @@ def test_two_processes_fsdp_train_checkpoint_and_restore_on_one_device(tmp_path)
     seen = [np.load(tmp_path / f"seen{pid}.npy").reshape(STEPS, LOCAL_BATCH) for pid in (0, 1)]
     assert set(seen[0].ravel()) <= set(range(500)) and set(seen[1].ravel()) <= set(range(500, N))
 
-    scope: dict = {}
-    exec(SETUP, scope)
     with training.Checkpointer(ckpt, create=False) as c:
+        assert c.all_steps() == [1, 1 + STEPS]
         restored = c.restore(scope["fresh"]())  # one device; the checksum must match
     assert training.state_digest(restored) == digests.pop()
 
-    step = training.make_train_step(scope["loss_fn"], scope["opt"], ema_decay=0.9)
-    state = scope["fresh"]()
+    state, start = first, jax.device_get(first.params)  # the step donates its state
     for i in range(STEPS):
         batch = {"x": x[np.concatenate([seen[0][i], seen[1][i]])]}
         state, _ = step(state, batch, jax.random.fold_in(jax.random.key(2), i))
     moved = max(float(np.max(np.abs(a - b))) for a, b in
-                zip(jax.tree.leaves(state.params), jax.tree.leaves(scope["params"]), strict=True))  # fmt: skip
+                zip(jax.tree.leaves(state.params), jax.tree.leaves(start), strict=True))  # fmt: skip
     assert moved > 1e-2
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         a, b = np.asarray(a), np.asarray(b)
