@@ -27,6 +27,25 @@ import pytest
 
 import diffjax as dj
 
+# The longest files first (CPU seconds of a full run, 2026-12-03), so that pytest-xdist's
+# `--dist loadfile`, which hands out whole files in collection order, ends on short files
+# instead of leaving one worker idle while the other runs a notebook file.
+LONGEST_FIRST = (
+    "test_samplers.py",  # 216 s
+    "test_scripts.py",  # 211 s
+    "test_guidance.py",  # 174 s
+    "test_sampler_grid.py",  # 138 s
+    "test_notebooks_late.py",  # 134 s
+    "test_notebooks.py",  # 102 s
+    "test_likelihood.py",  # 101 s
+    "test_nets.py",  # 95 s
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
 
 @pytest.fixture(autouse=True)
 def _optimized_when_marked(request):

@@ -73,6 +73,15 @@ def test_user_lines_counts_code_only():
     assert jax_peers.user_lines(snippet, snippet) == 4
 
 
+def test_equal_quality_needs_the_target_held_from_there_on():
+    good, wide, far, nan = (0.001, 0.05), (0.001, 0.5), (0.01, 0.05), (float("nan"), 0.05)
+    cells = lambda *q: [(nfe, *c) for nfe, c in zip((5, 9, 19, 49), q, strict=True)]
+    assert jax_peers.reaches_target(cells(far, good, good, good)) == (9, *good)
+    assert jax_peers.reaches_target(cells(good, wide, good, good)) == (19, *good)  # left it at 9
+    assert jax_peers.reaches_target(cells(good, good, good, far)) is None
+    assert jax_peers.reaches_target(cells(nan, nan, good, good)) == (19, *good)
+
+
 def test_gpu_run_replaces_only_section_6_and_cpu_runs_keep_it(tmp_path):
     """`--gpu` writes its tables as section 6 (headings one level down, the device named by
     the machine table) and leaves every other byte of RESULTS.md; a CPU run carries an

@@ -99,7 +99,9 @@ def test_langevin_leaves_target_stationary_and_attracts():
     assert dist[-1] < 0.1 * dist[0]
 
 
-@pytest.mark.parametrize("sampler", ["reverse_sde", "ode"])
+@pytest.mark.parametrize(
+    "sampler", [pytest.param("reverse_sde", marks=pytest.mark.optimized), "ode"]
+)
 def test_sampler_histograms_match_fokker_planck(vp_mixture, sampler):
     """The reverse SDE and the PF-ODE (exact score) visit the forward marginals p_t.
 

@@ -407,6 +407,7 @@ def _train_score(vp) -> dj.Model:
     return dj.Model(apply, vp, "eps", params=_train(score_loss, params, jax.random.key(1), 2000))
 
 
+@pytest.mark.optimized  # training loops: run-time bound
 def test_trained_classifier_guidance(two):
     y = jnp.arange(1000) % 2
     log_prob = _train_classifier(two.vp)  # first: it is what fails while the bug stands
@@ -416,6 +417,7 @@ def test_trained_classifier_guidance(two):
     assert accuracy >= 0.95  # measured 0.99 (unguided: 0.50)
 
 
+@pytest.mark.optimized
 def test_trained_classifier_free_guidance(two):
     """A class-conditional MLP (label dropout 0.2 to the null label 2) trained from scratch."""
     fapply, fparams = nets.split(_mlp(num_classes=2))
@@ -507,13 +509,15 @@ OVERLAPPING = ([[-1.0, -1.0], [1.0, 1.0]], 0.7, 0.3)
     "sampler, kw, tol",
     [
         # measured 0.0022 (the unconditional x_2 is at 0.70; 1-D noise level 0.0003)
-        (samplers.reverse_sde, {"num_steps": 500}, 0.005),
+        pytest.param(samplers.reverse_sde, {"num_steps": 500}, 0.005, marks=pytest.mark.optimized),
         # measured 0.0000 (the Langevin corrector re-equilibrates x_2 given the known x_1)
-        (samplers.predictor_corrector, {"num_steps": 500}, 0.002),
+        pytest.param(
+            samplers.predictor_corrector, {"num_steps": 500}, 0.002, marks=pytest.mark.optimized
+        ),
         # measured 0.0029 (ancestral DDIM, eta = 1)
         (samplers.ddim, {"num_steps": 250, "eta": 1.0}, 0.006),
         # measured 0.0046 (1000 ancestral steps)
-        (samplers.ddpm, {}, 0.009),
+        pytest.param(samplers.ddpm, {}, 0.009, marks=pytest.mark.optimized),
     ],
 )
 def test_inpainting_separated(sampler, kw, tol):

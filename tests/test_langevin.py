@@ -47,6 +47,7 @@ def test_ula_keeps_mixture_stationary(gmm):
     assert float(energy_distance(x, gmm.sample(jax.random.key(3), N))) < TOL
 
 
+@pytest.mark.optimized  # 10 levels x 100 Langevin steps: run-time bound
 def test_annealed_reaches_mixture_from_noise(gmm):
     """Song & Ermon's schedule with the exact noise-conditional score `grad log (p * N(0, sigma^2))`.
 

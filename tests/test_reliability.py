@@ -88,15 +88,16 @@ logp, _ = dj.likelihood.log_prob(dj.exact_model(gmm, dj.VPSDE(), "score"), x, di
 err = float(jnp.max(jnp.abs(logp - gmm.log_prob(x, dj.VPSDE(), 1e-5))))
 assert logp.dtype == jnp.float64 and err < 1e-6, err
 L, net = dj.losses, lambda p, x, t, *labels: x + p
-losses = {
+vlb_model = dj.exact_model(gmm, dj.schedules.linear(20), "eps")
+losses = jax.jit(lambda key, x: {  # one program: eagerly, every op of every loss compiles on its own
     "dsm": L.dsm(0.0, net, key, x, dj.RectifiedFlow(), prediction="velocity"),
     "ddpm": L.ddpm(0.0, net, key, x, sch),
     "flow_matching": L.flow_matching(0.0, net, key, x),
     "edm": L.edm(0.0, net, key, x),
     "classifier": L.classifier(0.0, lambda p, x, t: x[:, :1] * jnp.arange(3) + p, key, x, jnp.zeros(8, int), dj.VPSDE()),
     "vae_elbo": L.vae_elbo(0.0, L.VAEApply(lambda p, x: (x + p, 0 * x), lambda p, z: z + p), key, x),
-    "ddpm_vlb": (L.ddpm_vlb(dj.exact_model(gmm, dj.schedules.linear(20), "eps"), key, x), None),
-}
+    "ddpm_vlb": (L.ddpm_vlb(vlb_model, key, x), None),
+})(key, x)
 for name, (loss, _) in losses.items():
     assert loss.dtype == jnp.float64, (name, loss.dtype)
 print("ok")

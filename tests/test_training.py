@@ -99,6 +99,7 @@ def test_nonfinite_batch_is_reported_and_not_trained_on():
     assert np.all(np.isfinite(new.params["w"]))
 
 
+@pytest.mark.optimized  # a training loop: run-time bound
 def test_mlp_on_eight_gaussians_reaches_the_exact_score_loss(eight_gaussians):
     """`nets.MLP` (3 x 128) trained by `make_train_step` with DSM (eps, simple, VP, t_eps=1e-3)
     for 2000 steps of 256 points (one `lax.scan`, one compilation) gets within 5% of the loss of
