@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from diffjax._checks import check_choice, check_knob, check_positive_int, check_times
+from diffjax._checks import check_choice, check_knob, check_positive_int, check_times, is_concrete
 from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
@@ -185,13 +185,14 @@ def ddim(
         t_dtype = jnp.int32
         ts = jnp.asarray(np.concatenate([taus[::-1], [0]]))
     drv.check_projection(projection, key, shape, t_dtype)
-    x, saved = _ddim(key, model, shape, ts, eta, save_times, projection)
+    stochastic = not (is_concrete(eta) and float(eta) == 0.0)  # eta = 0: no noise drawn
+    x, saved = _ddim(key, model, shape, ts, eta, stochastic, save_times, projection)
     nfe = num_steps + int(continuous)
     return drv.result(x, nfe, num_steps, saved)
 
 
 @eqx.filter_jit
-def _ddim(key, model, shape, ts, eta, save_times, projection):
+def _ddim(key, model, shape, ts, eta, stochastic, save_times, projection):
     process = model.process
     prior_key, key = jax.random.split(key)
     x = process.prior_sample(prior_key, shape)
@@ -204,7 +205,7 @@ def _ddim(key, model, shape, ts, eta, save_times, projection):
         (x,) = carry
         i, k = inputs
         x0, eps = model.x0_eps(x, jnp.full(shape[:1], ts[i]))
-        z = jax.random.normal(k, shape, x.dtype)
+        z = jax.random.normal(k, shape, x.dtype) if stochastic else 0.0
         x = ddim_update(x0, eps, z, a[i + 1], s[i + 1], lam[i], lam[i + 1], eta)
         return (drv.project(projection, jax.random.fold_in(k, 1), x, ts[i + 1]),)
 
