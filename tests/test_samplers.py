@@ -180,7 +180,7 @@ IMAGE_RUNS = {
 }
 
 
-# The 1000-step SDE loops on 4000 images are run-time bound: 25 s unoptimised, 8 s optimised.
+# The 1000-step SDE loops on 4000 images are run-time bound: 25 s unoptimised, 8-10 s optimised.
 @pytest.mark.parametrize(
     "name",
     [pytest.param(n, marks=pytest.mark.optimized) if n in SDE_RUNS else n for n in IMAGE_RUNS],

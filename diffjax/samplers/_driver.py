@@ -238,6 +238,12 @@ def time_grid(process: AbstractProcess, num_steps: int, grid: str, t_eps, t_max,
     return ts.at[0].set(t_max).at[-1].set(t_eps)
 
 
+def is_zero(knob) -> bool:
+    """True when a noise knob (`eta`, `churn`) is concrete and 0: the noise it scales need not be
+    drawn (the program has no random draw per step). A traced knob may be 0 at run time: False."""
+    return is_concrete(knob) and float(knob) == 0.0
+
+
 def check_grid(grid, rho):
     check_choice(grid, "grid", GRIDS)
     return check_knob(rho, "rho", 1e-3)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from diffjax._checks import check_choice, check_knob, check_positive_int, check_times, is_concrete
+from diffjax._checks import check_choice, check_knob, check_positive_int, check_times
 from diffjax._typing import Batch, Int, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
@@ -185,7 +185,7 @@ def ddim(
         t_dtype = jnp.int32
         ts = jnp.asarray(np.concatenate([taus[::-1], [0]]))
     drv.check_projection(projection, key, shape, t_dtype)
-    stochastic = not (is_concrete(eta) and float(eta) == 0.0)  # eta = 0: no noise drawn
+    stochastic = not drv.is_zero(eta)
     x, saved = _ddim(key, model, shape, ts, eta, stochastic, save_times, projection)
     nfe = num_steps + int(continuous)
     return drv.result(x, nfe, num_steps, saved)

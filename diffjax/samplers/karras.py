@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from diffjax._checks import check_knob, check_positive_int, check_times, is_concrete
+from diffjax._checks import check_knob, check_positive_int, check_times
 from diffjax._typing import Batch, Key, Scalar, Shape, Values
 from diffjax.model import Model
 from diffjax.processes import AbstractProcess
@@ -118,7 +118,7 @@ def _karras_sampler(
     t_max = drv.default_t_max(model.process, t_max, every_process=True)
     t_eps, t_max = check_times(model.process, t_eps, t_max)
     save_times = drv.check_save_times(save_times, t_eps, t_max)
-    stochastic = not (is_concrete(churn) and float(churn) == 0.0)
+    stochastic = not drv.is_zero(churn)
     ts = drv.time_grid(model.process, num_steps - 1, grid, t_eps, t_max, rho)
     x, saved = _karras(
         key, model, shape, ts, churn, s_tmin, s_tmax, s_noise, stochastic, second_order,
