@@ -20,25 +20,30 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # 314.8 s without; few programs repeat across tests.)
 os.environ.setdefault("DIFFJAX_COMPILATION_CACHE", "off")
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import optimizations
 
 import diffjax as dj
 
 # The longest files first (CPU seconds of a full run, 2026-12-03), so that pytest-xdist's
-# `--dist loadfile`, which hands out whole files in collection order, ends on short files
-# instead of leaving one worker idle while the other runs a notebook file.
+# `--dist loadfile`, which hands out whole files in collection order (`make test` passes
+# `--no-loadscope-reorder`: by default xdist orders files by their number of tests), ends on short
+# files instead of leaving one worker idle while the other runs a notebook file.
 LONGEST_FIRST = (
-    "test_samplers.py",  # 216 s
-    "test_scripts.py",  # 211 s
-    "test_guidance.py",  # 174 s
+    "test_scripts.py",  # 209 s
+    "test_samplers.py",  # 142 s
     "test_sampler_grid.py",  # 138 s
-    "test_notebooks_late.py",  # 134 s
-    "test_notebooks.py",  # 102 s
-    "test_likelihood.py",  # 101 s
-    "test_nets.py",  # 95 s
+    "test_notebooks_late.py",  # 122 s
+    "test_guidance.py",  # 115 s
+    "test_notebooks.py",  # 94 s
+    "test_likelihood.py",  # 91 s
+    "test_nets.py",  # 79 s
+    "test_processes.py",  # 76 s
+    "test_losses.py",  # 74 s
+    "test_multistep.py",  # 56 s
+    "test_reliability.py",  # 52 s
 )
 
 
@@ -55,12 +60,8 @@ def _optimized_when_marked(request):
     if request.node.get_closest_marker("optimized") is None:
         yield
         return
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", False)
-    try:
+    with optimizations(True):
         yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def ring_mixture(num_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> dj.GaussianMixture:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,6 +20,18 @@ CONTINUOUS_PROCESSES = {
     "rf": dj.RectifiedFlow(),
     "cosine": dj.Cosine(),
 }
+
+
+@contextlib.contextmanager
+def optimizations(enabled: bool):
+    """XLA's optimisation passes on or off inside the block (the session runs with most of them
+    off: see conftest), restoring the previous setting after it."""
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", not enabled)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def mode_stds(x, gmm) -> np.ndarray:

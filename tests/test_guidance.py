@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import optimizations
 
 import diffjax as dj
 from diffjax import data, guidance, losses, nets, samplers, training
@@ -365,12 +366,14 @@ def test_guided_flow_matching_model_samples_the_class_conditional(two, rf):
 
 
 def _train(loss_fn, params, key, num_steps: int):
-    """`num_steps` Adam steps in ONE compiled `lax.scan` (the loss draws its own batch)."""
+    """`num_steps` Adam steps in ONE compiled `lax.scan` (the loss draws its own batch), with
+    XLA's optimisations on: the loop is run-time bound."""
     optimizer = optax.adam(optax.cosine_decay_schedule(2e-3, num_steps, 0.05))
     step = training.make_train_step(loss_fn, optimizer, donate=False)
     state = training.create_train_state(params, optimizer)
     run = jax.jit(lambda s, keys: jax.lax.scan(lambda c, k: (step(c, None, k)[0], None), s, keys))
-    return run(state, jax.random.split(key, num_steps))[0].params
+    with optimizations(True):
+        return run(state, jax.random.split(key, num_steps))[0].params
 
 
 def _mlp(**kw):
@@ -396,40 +399,37 @@ def _train_classifier(vp) -> object:
     return lambda x, t: capply(cparams, x, t)
 
 
-def _train_score(vp) -> dj.Model:
-    """An eps MLP trained from scratch on `data.two_class` (batch 256)."""
-    apply, params = nets.split(_mlp())
-
-    def score_loss(p, _, key):
-        (x, _), k = _batch_and_key(key)
-        return losses.dsm(p, apply, k, x, vp)
-
-    return dj.Model(apply, vp, "eps", params=_train(score_loss, params, jax.random.key(1), 2000))
-
-
-@pytest.mark.optimized  # training loops: run-time bound
-def test_trained_classifier_guidance(two):
-    y = jnp.arange(1000) % 2
-    log_prob = _train_classifier(two.vp)  # first: it is what fails while the bug stands
-    model = guidance.classifier_guidance(_train_score(two.vp), log_prob, y, 1.0)
-    x, _ = samplers.dpm_solver(jax.random.key(5), model, (1000, 2), num_steps=25)
-    accuracy = float(jnp.mean(jnp.argmax(two.posterior0(x), axis=1) == y))
-    assert accuracy >= 0.95  # measured 0.99 (unguided: 0.50)
-
-
-@pytest.mark.optimized
-def test_trained_classifier_free_guidance(two):
-    """A class-conditional MLP (label dropout 0.2 to the null label 2) trained from scratch."""
+@pytest.fixture(scope="module")
+def conditional(two) -> dj.Model:
+    """A class-conditional eps MLP trained from scratch on `data.two_class` (batch 256) with
+    label dropout 0.2 to the null label 2: the null label makes it an unconditional model too."""
     fapply, fparams = nets.split(_mlp(num_classes=2))
 
     def cfg_loss(p, _, key):
         (x, y), k = _batch_and_key(key)
-        return losses.dsm(p, fapply, k, x, two.vp, labels=y, label_dropout=0.2, null_label=2)
+        return losses.dsm(p, fapply, k, x, two.vp, labels=y, label_dropout=0.2, null_label=NULL)
 
-    fparams = _train(cfg_loss, fparams, jax.random.key(3), 2000)
-    cond = dj.Model(fapply, two.vp, "eps", params=fparams)
+    return dj.Model(fapply, two.vp, "eps", params=_train(cfg_loss, fparams, jax.random.key(3), 2000))
+
+
+def test_trained_classifier_guidance(two, conditional):
+    """Classifier guidance of the trained model at its null label (unconditional) with a
+    trained noise-conditional classifier samples the class-conditional."""
     y = jnp.arange(1000) % 2
-    model = guidance.classifier_free(cond, y, null_label=2, weight=1.0)
+    log_prob = _train_classifier(two.vp)
+    unconditional = dj.Model(
+        lambda p, x, t: conditional.fn(p, x, t, jnp.full(x.shape[:1], NULL)),
+        two.vp, "eps", params=conditional.params,
+    )  # fmt: skip
+    model = guidance.classifier_guidance(unconditional, log_prob, y, 1.0)
+    x, _ = samplers.dpm_solver(jax.random.key(5), model, (1000, 2), num_steps=25)
+    accuracy = float(jnp.mean(jnp.argmax(two.posterior0(x), axis=1) == y))
+    assert accuracy >= 0.95  # measured 0.98 (unguided: 0.50)
+
+
+def test_trained_classifier_free_guidance(two, conditional):
+    y = jnp.arange(1000) % 2
+    model = guidance.classifier_free(conditional, y, null_label=NULL, weight=1.0)
     x, _ = samplers.dpm_solver(jax.random.key(5), model, (1000, 2), num_steps=25)
     accuracy = float(jnp.mean(jnp.argmax(two.posterior0(x), axis=1) == y))
     assert accuracy >= 0.95  # measured 1.00 (w = 0, the conditional model alone: 0.98)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import optimizations
 
 from diffjax import nets
 
@@ -23,10 +24,8 @@ def _strict_rank_promotion():
 def _quick_compiles():
     """XLA's optimisation passes off: these tests are compile-bound (shapes, traces, small
     inputs); the file runs in 70 s instead of 110 s."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)  # the session's setting
+    with optimizations(False):
+        yield
 
 
 def traced(apply):
