@@ -205,8 +205,11 @@ def _ddim(key, model, shape, ts, eta, stochastic, save_times, projection):
         (x,) = carry
         i, k = inputs
         x0, eps = model.x0_eps(x, jnp.full(shape[:1], ts[i]))
-        z = jax.random.normal(k, shape, x.dtype) if stochastic else 0.0
-        x = ddim_update(x0, eps, z, a[i + 1], s[i + 1], lam[i], lam[i + 1], eta)
+        if stochastic:
+            z = jax.random.normal(k, shape, x.dtype)
+            x = ddim_update(x0, eps, z, a[i + 1], s[i + 1], lam[i], lam[i + 1], eta)
+        else:  # eta concrete 0: `ddim_update` with c = 0, without its noise terms
+            x = a[i + 1] * x0 + s[i + 1] * eps
         return (drv.project(projection, jax.random.fold_in(k, 1), x, ts[i + 1]),)
 
     xs = (jnp.arange(num), jax.random.split(key, num))
