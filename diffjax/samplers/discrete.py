@@ -199,7 +199,7 @@ def _ddim(key, model, shape, ts, eta, stochastic, save_times, projection):
     x = drv.project(projection, jax.random.fold_in(prior_key, 1), x, ts[0])
     num = ts.shape[0] - 1
     a, s = process.marginal(ts)
-    lam = jnp.log(a) - jnp.log(s)  # +inf at the schedule's step 0
+    lam = jnp.log(a) - jnp.log(s) if stochastic else None  # +inf at the schedule's step 0
 
     def step(carry, inputs):
         (x,) = carry
