@@ -34,7 +34,7 @@ from diffjax._checks import (
 )
 from diffjax._typing import Scalar, Values
 
-__all__ = ["NORMS", "annealed", "langevin_corrector", "ula"]
+__all__ = ["NORMS", "annealed", "corrector_update", "langevin_corrector", "ula"]
 
 NORMS = ("example", "batch")
 """The `norm` choices of `langevin_corrector`: per-example or batch-mean norms in its step size."""
@@ -187,13 +187,18 @@ def langevin_corrector(
         norm: `"example"` or `"batch"`.
 
     Returns:
-        the corrected `x`, `[B, *event]`. (Used inside `samplers.predictor_corrector`; this
-        function does no eager validation so it can be called inside a traced loop.)
+        the corrected `x`, `[B, *event]`. (This function does no eager validation so it can be
+        called inside a traced loop.)
     """
     if norm not in NORMS:
         raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
     s = score_fn(x, jnp.broadcast_to(t, x.shape[:1]))
-    z = jax.random.normal(key, x.shape, x.dtype)
+    return corrector_update(x, s, jax.random.normal(key, x.shape, x.dtype), snr, alpha, norm)
+
+
+def corrector_update(x: Array, s: Array, z: Array, snr, alpha, norm: str) -> Array:
+    """`langevin_corrector`'s move from the score `s = s(x, t)` and the noise `z ~ N(0, I)`,
+    all `[B, *event]` (for samplers that evaluate the score themselves)."""
     s_norm = jnp.sqrt(sum_event(s**2))
     z_norm = jnp.sqrt(sum_event(z**2))
     if norm == "batch":

@@ -238,6 +238,14 @@ def time_grid(process: AbstractProcess, num_steps: int, grid: str, t_eps, t_max,
     return ts.at[0].set(t_max).at[-1].set(t_eps)
 
 
+def append_denoising(ts: Array, a: Array, s: Array) -> tuple[Array, Array, Array]:
+    """The grid `[N + 1]` with its noise levels `a`, `s`, extended by `t = 0`, `alpha = 1`,
+    `sigma = 0` (`lambda = +inf`): a last step of an exponential integrator or DDIM from
+    `t_eps` there returns `x0(x, t_eps)` (its `sigma_s / sigma_t` and `e^{-h}` vanish). The
+    denoising step then runs in the sampler's loop, with no second copy of the network."""
+    return tuple(jnp.append(v, jnp.asarray(end, v.dtype)) for v, end in ((ts, 0), (a, 1), (s, 0)))
+
+
 def is_zero(knob) -> bool:
     """True when a noise knob (`eta`, `churn`) is concrete and 0: the noise it scales need not be
     drawn (the program has no random draw per step). A traced knob may be 0 at run time: False."""

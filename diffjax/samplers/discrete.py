@@ -197,9 +197,11 @@ def _ddim(key, model, shape, ts, eta, stochastic, save_times, projection):
     prior_key, key = jax.random.split(key)
     x = process.prior_sample(prior_key, shape)
     x = drv.project(projection, jax.random.fold_in(prior_key, 1), x, ts[0])
-    num = ts.shape[0] - 1
     a, s = process.marginal(ts)
-    lam = jnp.log(a) - jnp.log(s) if stochastic else None  # +inf at the schedule's step 0
+    if model.is_continuous:  # denoising as the last step: x0(x, t_eps), to alpha = 1, sigma = 0
+        ts, a, s = drv.append_denoising(ts, a, s)
+    num = ts.shape[0] - 1
+    lam = jnp.log(a) - jnp.log(s) if stochastic else None  # +inf at the last step's end
 
     def step(carry, inputs):
         (x,) = carry
@@ -214,7 +216,4 @@ def _ddim(key, model, shape, ts, eta, stochastic, save_times, projection):
 
     xs = (jnp.arange(num), jax.random.split(key, num))
     (x,), saved = drv.scan_saving(step, (x,), xs, ts, save_times)
-    if model.is_continuous:  # denoise, then project at t = 0 (known values restored exactly)
-        x = model.x0(x, jnp.full(shape[:1], ts[-1]))
-        x = drv.project(projection, jax.random.fold_in(key, 1), x, jnp.zeros((), x.dtype))
     return x, saved

@@ -130,36 +130,56 @@ def _karras_sampler(
 
 @eqx.filter_jit
 def _karras(key, model, shape, ts, churn, s_tmin, s_tmax, s_noise, stochastic, second_order, save):
+    """The samplers regrouped by noise level: outer step `i = 0..N-1` holds the evaluations at
+    `sigma_i`, Heun's correction of the step that reached it (for `i > 0`) and then the Euler
+    step from it (the denoiser `D(x^; sigma_{N-1})` at the last level). Without churn both are
+    at time `t_i`, in one inner loop whose time is loop-invariant, so XLA computes the
+    network's time branch once per level; the denoising step needs no second network copy."""
     process = model.process
     a, s = process.marginal(ts)
     sig = s / a  # EDM noise levels [N]
+    last = ts.shape[0] - 1
     prior_key, noise_key = jax.random.split(key)
     x = process.prior_sample(prior_key, shape)
     batch = shape[:1]
     gamma_max = jnp.minimum(churn / ts.shape[0], math.sqrt(2.0) - 1.0)
 
-    def slope(xh, sig_t, t):  # d x^ / d sigma = (x^ - D(x^; sigma)) / sigma
-        a_t = process.alpha(t)
-        return (xh - model.x0(a_t * xh, jnp.full(batch, t))) / sig_t
-
-    def step(carry, i):  # from level i - 1 to level i
-        (x,) = carry
-        xh, sig_i, t_i = x / a[i - 1], sig[i - 1], ts[i - 1]
+    def outer(carry, i):
+        _, xh, *prev = carry  # xh: the Euler prediction at level i (x^ = x / alpha)
+        sig_i, t_i, sig_next = sig[i], ts[i], sig[jnp.minimum(i + 1, last)]
+        sig_e, t_e = sig_i, t_i  # where the Euler step starts: (sigma^, its time) with churn
         if stochastic:
             in_range = sig_i >= s_tmin if s_tmax is None else (sig_i >= s_tmin) & (sig_i <= s_tmax)
-            gamma = jnp.where(in_range, gamma_max, 0.0)
-            sig_hat = sig_i * (1.0 + gamma)
+            gamma = jnp.where(in_range & (i < last), gamma_max, 0.0)  # none at the last level
+            sig_e = sig_i * (1.0 + gamma)
+            t_e = jnp.where(gamma > 0, process.t_from_log_snr(-jnp.log(sig_e)), t_i)
             z = jax.random.normal(jax.random.fold_in(noise_key, i), shape, x.dtype)
-            xh = xh + sig_i * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z  # sqrt(s^^2 - s_i^2)
-            t_i = jnp.where(gamma > 0, process.t_from_log_snr(-jnp.log(sig_hat)), t_i)
-            sig_i = sig_hat
-        d = slope(xh, sig_i, t_i)
-        xh_next = xh + (sig[i] - sig_i) * d
-        if second_order:
-            d_next = slope(xh_next, sig[i], ts[i])
-            xh_next = xh + (sig[i] - sig_i) * 0.5 * (d + d_next)
-        return (a[i] * xh_next,)
+            noise = sig_i * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z  # sqrt(s^^2 - s_i^2)
 
-    steps = jnp.arange(1, ts.shape[0])
-    (x,), saved = drv.scan_saving(step, (x,), steps, ts, save)
-    return model.x0(x, jnp.full(batch, ts[-1])), saved
+        def evaluate(j, inner):  # j = 0: Heun's correction at sigma_i; j = 1: the Euler step
+            xh, *_ = inner
+            sig_j, t_j, xh_j = sig_e, t_e, xh
+            if stochastic:
+                sig_j, t_j = jnp.where(j == 1, sig_e, sig_i), jnp.where(j == 1, t_e, t_i)
+                xh_j = jnp.where(j == 1, xh + noise, xh)
+            x0 = model.x0(process.alpha(t_j) * xh_j, jnp.full(batch, t_j))
+            d = (xh_j - x0) / sig_j  # d x^ / d sigma
+            out = jnp.where(i < last, xh_j + (sig_next - sig_j) * d, x0)
+            if second_order:
+                xh_hat, sig_hat, d_hat = prev  # the previous level's Euler step
+                corrected = xh_hat + (sig_i - sig_hat) * 0.5 * (d_hat + d)
+                out = jnp.where(j == 0, corrected, out)
+            return out, xh, xh_j, sig_j, d
+
+        init = (xh, xh, xh, sig_i, jnp.zeros_like(xh))
+        if second_order:  # no correction at level 0
+            out, xh_i, *prev = jax.lax.fori_loop(jnp.where(i > 0, 0, 1), 2, evaluate, init)
+        else:
+            out, xh_i, *prev = evaluate(1, init)
+        return (a[i] * xh_i, out, *prev)
+
+    xh = x / a[0]
+    carry = (x, xh, xh, sig[0], jnp.zeros_like(x))
+    grid = jnp.concatenate([ts[:1], ts])  # the state after outer step i is at level i
+    (_, x, *_), saved = drv.scan_saving(outer, carry, jnp.arange(last + 1), grid, save)
+    return x, saved

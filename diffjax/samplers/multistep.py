@@ -191,9 +191,10 @@ def _orders(num_steps: int, order: int, lower_order_final: bool) -> np.ndarray:
 
 
 def _log_snr_grid(process, ts):
-    """`alpha`, `sigma` and `lambda = log(alpha / sigma)` on the grid."""
-    a, s = process.marginal(ts)
-    return a, s, jnp.log(a) - jnp.log(s)
+    """The grid extended by the denoising step (`drv.append_denoising`), with its `alpha`,
+    `sigma` and `lambda = log(alpha / sigma)` (`+inf` at the end)."""
+    ts, a, s = drv.append_denoising(ts, *process.marginal(ts))
+    return ts, a, s, jnp.log(a) - jnp.log(s)
 
 
 def _vandermonde_solve(nodes, rhs):
@@ -221,8 +222,8 @@ def _vandermonde_solve(nodes, rhs):
 @eqx.filter_jit
 def _dpm_solver(key, model, shape, ts, order_index, order, stochastic, save):
     process = model.process
-    num_steps = ts.shape[0] - 1
-    a, s, lam = _log_snr_grid(process, ts)
+    ts, a, s, lam = _log_snr_grid(process, ts)
+    num_steps = ts.shape[0] - 1  # the last is the denoising step, at order 1: x0(x_N, t_eps)
     if stochastic:  # as ddim: the prior from one half of the key, step i's noise from the other
         prior_key, key = jax.random.split(key)
         step_keys = jax.random.split(key, num_steps)
@@ -268,9 +269,9 @@ def _dpm_solver(key, model, shape, ts, order_index, order, stochastic, save):
     zeros = jnp.zeros_like(x)
     one = jnp.ones((), lam.dtype)
     carry = (x, zeros, zeros, one, one)
-    xs = (jnp.arange(1, num_steps + 1), order_index, step_keys)
+    xs = (jnp.arange(1, num_steps + 1), jnp.append(order_index, 0), step_keys)
     (x, *_), saved = drv.scan_saving(step, carry, xs, ts, save)
-    return model.x0(x, jnp.full(batch, ts[-1])), saved
+    return x, saved
 
 
 # ---------------------------------------------------------------- UniPC
@@ -278,15 +279,16 @@ def _dpm_solver(key, model, shape, ts, order_index, order, stochastic, save):
 def _unipc(key, model, shape, ts, order_index, order, variant, save):
     process = model.process
     num_steps = ts.shape[0] - 1
-    a, s, lam = _log_snr_grid(process, ts)
+    _, a, s, lam = _log_snr_grid(process, ts)
     x = process.prior_sample(key, shape)
     batch = shape[:1]
 
     def step(carry, inputs):
         # x = x_{i-1} (corrected); m0, m1, m2 = m_{i-1}, m_{i-2}, m_{i-3}; h1, h2 = h_{i-1}, h_{i-2}
         x, m0, m1, m2, h1, h2 = carry
-        i, k = inputs  # from t_{i-1} to t_i, predictor order k + 1
-        h = lam[i] - lam[i - 1]
+        i, k = inputs  # from t_{i-1} to t_i, predictor order k + 1; i = 0: m_0 = x0(x_T, t_max)
+        prev = jnp.maximum(i - 1, 0)
+        h = jnp.where(i > 0, lam[i] - lam[prev], 1.0)  # any h != 0 at i = 0 (base is then x_T)
         z = -h
         phi1 = jnp.expm1(z)
         b_h = z if variant == "bh1" else phi1
@@ -295,7 +297,7 @@ def _unipc(key, model, shape, ts, order_index, order, variant, save):
             g.append(c * fact / b_h)
             fact *= j + 1
             c = c / z - 1.0 / fact
-        base = (s[i] / s[i - 1]) * x - a[i] * phi1 * m0
+        base = (s[i] / s[prev]) * x - a[i] * phi1 * m0
         r1, r2 = -h1 / h, -(h1 + h2) / h
         d1, d2 = (m1 - m0) / r1, (m2 - m0) / r2
 
@@ -321,13 +323,14 @@ def _unipc(key, model, shape, ts, order_index, order, variant, save):
             return base - a[i] * b_h * (w1 * d1 + w2 * d2 + wt * d_t)
 
         x_corr = jax.lax.switch(k, [lambda _, j=j: correct(j) for j in range(order)], None)
-        x_new = jnp.where(i < num_steps, x_corr, x_pred)  # no corrector after the last step
+        # no corrector at i = 0 (nothing predicted) nor after the last step
+        x_new = jnp.where((i > 0) & (i < num_steps), x_corr, x_pred)
         return x_new, m_new, m0, m1, h, h1
 
-    m = model.x0(x, jnp.full(batch, ts[0]))
     zeros = jnp.zeros_like(x)
     one = jnp.ones((), lam.dtype)
-    carry = (x, m, zeros, zeros, one, one)
-    xs = (jnp.arange(1, num_steps + 1), order_index)
-    (_, m_last, *_), saved = drv.scan_saving(step, carry, xs, ts, save)
+    carry = (x, zeros, zeros, zeros, one, one)
+    xs = (jnp.arange(num_steps + 1), jnp.append(0, order_index))
+    grid = jnp.concatenate([ts[:1], ts])  # the state after step i is at t_i
+    (_, m_last, *_), saved = drv.scan_saving(step, carry, xs, grid, save)
     return m_last, saved  # x0(x_N, t_eps), evaluated by the last step
