@@ -40,7 +40,7 @@ NFES = (10, 20, 50)  # quality at these NFE targets; timing at `cfg.nfe`
 # Equal quality: the NFE targets swept, and the quality every library is asked to reach (energy
 # distance within ~2x its 4000-sample noise of 0; modes within 10% of their width, the true
 # samples' own error being 2.6%).
-SWEEP = (5, 7, 9, 11, 13, 15, 19, 25, 31, 41, 51, 75, 101)
+SWEEP = (5, 7, 9, 11, 13, 15, 19, 25, 31, 41, 51, 61, 75, 87, 101)
 TARGET_ED, TARGET_STD = 0.002, 0.10
 VP = dj.VPSDE(beta_min=0.1, beta_max=20.0)
 EDM = dj.EDM(sigma_min=0.002, sigma_max=80.0)

@@ -280,3 +280,32 @@ def test_encode_decode_round_trip(mix2d, ref2d):
     # The latents are close to the N(0, I) prior.
     assert abs(float(jnp.std(z)) - 1.0) < 0.15
     assert int(info_z.nfe) > 0
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        lambda k, m: samplers.ddim(k, m, (64, 2), num_steps=10, eta=0.5),
+        lambda k, m: samplers.dpm_solver(k, m, (64, 2), num_steps=10),
+        lambda k, m: samplers.unipc(k, m, (64, 2), num_steps=10, order=3),
+        lambda k, m: samplers.heun(k, m, (64, 2), num_steps=6, churn=1.0),
+        lambda k, m: samplers.predictor_corrector(k, m, (64, 2), num_steps=20),
+    ],
+    ids=["ddim", "dpm_solver", "unipc", "heun", "predictor_corrector"],
+)
+def test_samples_are_reverse_differentiable_in_the_model(sampler):
+    """`jax.grad` through a sampler's loop matches a central difference (same key). On data
+    `N(mu, 0.5^2 I)` with the exact model, `y = x - alpha_t mu` evolves independently of `mu`
+    (its drift has no `mu` in it), so `x_0 = mu + y_0` with `y_T = x_T - alpha_T mu`:
+    `d mean(x_0) / d mu = 1 - O(alpha_T)` (`alpha_T < 0.007`) for the exact flow, and the
+    samplers' own discretisation error on top (the reverse-diffusion predictor's `(1 - A)^2`
+    per step is 4.4% at 20 steps; the others are within 1%)."""
+
+    def mean_sample(mu):
+        gauss = dj.GaussianMixture(jnp.ones(1), jnp.full((1, 2), mu), jnp.full(1, 0.5))
+        return jnp.mean(sampler(jax.random.key(3), dj.exact_model(gauss, dj.VPSDE(), "eps"))[0])
+
+    grad = float(jax.grad(mean_sample)(0.3))
+    central = float(mean_sample(0.35) - mean_sample(0.25)) / 0.1
+    assert abs(grad - central) < 1e-3, (grad, central)
+    assert abs(grad - 1.0) < 0.05, grad

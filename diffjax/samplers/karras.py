@@ -130,11 +130,11 @@ def _karras_sampler(
 
 @eqx.filter_jit
 def _karras(key, model, shape, ts, churn, s_tmin, s_tmax, s_noise, stochastic, second_order, save):
-    """The samplers regrouped by noise level: outer step `i = 0..N-1` holds the evaluations at
-    `sigma_i`, Heun's correction of the step that reached it (for `i > 0`) and then the Euler
-    step from it (the denoiser `D(x^; sigma_{N-1})` at the last level). Without churn both are
-    at time `t_i`, in one inner loop whose time is loop-invariant, so XLA computes the
-    network's time branch once per level; the denoising step needs no second network copy."""
+    """The samplers regrouped by noise level: after the first Euler step (from `sigma_0`),
+    step `i = 1..N-1` holds the evaluations at `sigma_i`, Heun's correction of the step that
+    reached it and then the Euler step from it (the denoiser `D(x^; sigma_{N-1})` at the last
+    level). Without churn both are at `t_i`, in one inner loop whose time is loop-invariant,
+    so XLA computes the network's time branch once per level. Every loop has a fixed length."""
     process = model.process
     a, s = process.marginal(ts)
     sig = s / a  # EDM noise levels [N]
@@ -144,42 +144,36 @@ def _karras(key, model, shape, ts, churn, s_tmin, s_tmax, s_noise, stochastic, s
     batch = shape[:1]
     gamma_max = jnp.minimum(churn / ts.shape[0], math.sqrt(2.0) - 1.0)
 
-    def outer(carry, i):
-        _, xh, *prev = carry  # xh: the Euler prediction at level i (x^ = x / alpha)
+    def evaluate(i, noise, j, inner):  # at level i; j = 0: Heun's correction, j = 1: Euler
+        xh, _, xh_hat, sig_hat, d_hat = inner  # xh: x^ = x / alpha; the previous Euler step
         sig_i, t_i, sig_next = sig[i], ts[i], sig[jnp.minimum(i + 1, last)]
-        sig_e, t_e = sig_i, t_i  # where the Euler step starts: (sigma^, its time) with churn
-        if stochastic:
+        sig_j, t_j, xh_j = sig_i, t_i, xh
+        if stochastic:  # churn before the Euler step: to sigma^ = (1 + gamma) sigma_i
             in_range = sig_i >= s_tmin if s_tmax is None else (sig_i >= s_tmin) & (sig_i <= s_tmax)
-            gamma = jnp.where(in_range & (i < last), gamma_max, 0.0)  # none at the last level
-            sig_e = sig_i * (1.0 + gamma)
-            t_e = jnp.where(gamma > 0, process.t_from_log_snr(-jnp.log(sig_e)), t_i)
-            z = jax.random.normal(jax.random.fold_in(noise_key, i), shape, x.dtype)
-            noise = sig_i * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z  # sqrt(s^^2 - s_i^2)
+            gamma = jnp.where(in_range & (i < last) & (j == 1), gamma_max, 0.0)
+            sig_j = sig_i * (1.0 + gamma)
+            t_j = jnp.where(gamma > 0, process.t_from_log_snr(-jnp.log(sig_j)), t_i)
+            xh_j = xh + sig_i * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * noise
+        x0 = model.x0(process.alpha(t_j) * xh_j, jnp.full(batch, t_j))
+        d = (xh_j - x0) / sig_j  # d x^ / d sigma
+        out = jnp.where(i < last, xh_j + (sig_next - sig_j) * d, x0)
+        if second_order:
+            out = jnp.where(j == 0, xh_hat + (sig_i - sig_hat) * 0.5 * (d_hat + d), out)
+        return out, xh, xh_j, sig_j, d
 
-        def evaluate(j, inner):  # j = 0: Heun's correction at sigma_i; j = 1: the Euler step
-            xh, *_ = inner
-            sig_j, t_j, xh_j = sig_e, t_e, xh
-            if stochastic:
-                sig_j, t_j = jnp.where(j == 1, sig_e, sig_i), jnp.where(j == 1, t_e, t_i)
-                xh_j = jnp.where(j == 1, xh + noise, xh)
-            x0 = model.x0(process.alpha(t_j) * xh_j, jnp.full(batch, t_j))
-            d = (xh_j - x0) / sig_j  # d x^ / d sigma
-            out = jnp.where(i < last, xh_j + (sig_next - sig_j) * d, x0)
-            if second_order:
-                xh_hat, sig_hat, d_hat = prev  # the previous level's Euler step
-                corrected = xh_hat + (sig_i - sig_hat) * 0.5 * (d_hat + d)
-                out = jnp.where(j == 0, corrected, out)
-            return out, xh, xh_j, sig_j, d
+    def noise(i):  # the churn noise of level i
+        return jax.random.normal(jax.random.fold_in(noise_key, i), shape, x.dtype) if stochastic else None
 
-        init = (xh, xh, xh, sig_i, jnp.zeros_like(xh))
-        if second_order:  # no correction at level 0
-            out, xh_i, *prev = jax.lax.fori_loop(jnp.where(i > 0, 0, 1), 2, evaluate, init)
+    def step(carry, i):  # carry: (x at level i - 1, the Euler prediction at level i, ...)
+        _, xh, *prev = carry
+        inner = (xh, xh, *prev)
+        if second_order:
+            out, xh_i, *prev = jax.lax.fori_loop(0, 2, lambda j, c: evaluate(i, noise(i), j, c), inner)
         else:
-            out, xh_i, *prev = evaluate(1, init)
+            out, xh_i, *prev = evaluate(i, noise(i), 1, inner)
         return (a[i] * xh_i, out, *prev)
 
     xh = x / a[0]
-    carry = (x, xh, xh, sig[0], jnp.zeros_like(x))
-    grid = jnp.concatenate([ts[:1], ts])  # the state after outer step i is at level i
-    (_, x, *_), saved = drv.scan_saving(outer, carry, jnp.arange(last + 1), grid, save)
+    first, _, *prev = evaluate(0, noise(0), 1, (xh, xh, xh, sig[0], jnp.zeros_like(x)))
+    (_, x, *_), saved = drv.scan_saving(step, (x, first, *prev), jnp.arange(1, last + 1), ts, save)
     return x, saved

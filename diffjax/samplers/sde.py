@@ -275,56 +275,52 @@ def predictor_corrector(
 def _predictor_corrector(
     key, model, shape, ts, corrector_steps, snr, predictor, norm, save_times, projection
 ):
-    """Algorithm 1 regrouped by time: outer step `i = 0..N` holds every evaluation at `t_i`,
-    the correctors (for `i > 0`) and then the predictor to `t_{i+1}` (for `i < N`) or the
-    denoising step (`i = N`), in one inner loop whose time is loop-invariant, so XLA computes
-    the network's time branch (embedding, per-layer conditioning) once per time, not once per
-    evaluation. The outer carry is `(x at t_i after its correctors, x entering t_{i+1})`."""
+    """Algorithm 1 regrouped by time: after the first predictor (from `t_0`), step
+    `i = 1..N` holds every evaluation at `t_i`, the correctors and then the predictor to
+    `t_{i+1}` (the denoising step at `i = N`), in one inner loop whose time is loop-invariant,
+    so XLA computes the network's time branch (embedding, per-layer conditioning) once per
+    time, not once per evaluation. Every loop has a fixed length (reverse-differentiable)."""
     process = model.process
     prior_key, key = jax.random.split(key)
     x = process.prior_sample(prior_key, shape)
     x = drv.project(projection, jax.random.fold_in(prior_key, 1), x, ts[0])
     batch, M, num = shape[:1], corrector_steps, ts.shape[0] - 1
     a, std = process.marginal(ts)
+    keys = jax.random.split(key, num + 1)
 
-    def outer(carry, inputs):
-        _, x = carry
-        i, k = inputs
+    def evaluate(i, k, j, inner):  # at t_i; j < M: a corrector, j = M: predictor or denoising
+        x, _ = inner
         nxt = jnp.minimum(i + 1, num)  # at i = N the predictor's result is not used
         t, s, a_t, std_t = ts[i], ts[nxt], a[i], std[i]
         A, std_s = a_t / a[nxt], std[nxt]  # of the step to t_{i+1}
-        alpha = (a[i - 1] / a_t) ** 2  # of the step that reached t_i (the correctors' alpha)
-        tb = jnp.full(batch, t)
+        kj = jax.random.fold_in(k, j)
+        if M and projection is not None:  # the correctors' result, projected at t_i
+            x = jnp.where(j == M, projection(jax.random.fold_in(kj, 1), x, t), x)
+        x0, eps = model.x0_eps(x, jnp.full(batch, t))
+        score = -eps / std_t
+        z = jax.random.normal(kj, shape, x.dtype)
+        if predictor == "reverse_diffusion":
+            G2 = std_t**2 - A**2 * std_s**2
+            x_next = (2.0 - A) * x + G2 * score + jnp.sqrt(G2) * z
+        else:
+            dt = t - s
+            x_next = (
+                x - process.reverse_drift(score, x, t) * dt + process.diffusion(t) * jnp.sqrt(dt) * z
+            )
+        x_next = drv.project(projection, jax.random.fold_in(kj, 2), x_next, s)
+        x_next = jnp.where(i < num, x_next, x0)
+        if M:  # the correctors' alpha: the squared mean factor of the step that reached t_i
+            alpha = (a[i - 1] / a_t) ** 2
+            x_next = jnp.where(j < M, corrector_update(x, score, z, snr, alpha, norm), x_next)
+        return x_next, x
 
-        def evaluate(j, inner):  # j < M: a corrector; j = M: the predictor or denoising
-            x, _ = inner
-            kj = jax.random.fold_in(k, j)
-            if M and projection is not None:  # the correctors' result, projected at t_i
-                x = jnp.where((j == M) & (i > 0), projection(jax.random.fold_in(kj, 1), x, t), x)
-            x0, eps = model.x0_eps(x, tb)
-            score = -eps / std_t
-            z = jax.random.normal(kj, shape, x.dtype)
-            if predictor == "reverse_diffusion":
-                G2 = std_t**2 - A**2 * std_s**2
-                x_next = (2.0 - A) * x + G2 * score + jnp.sqrt(G2) * z
-            else:
-                dt = t - s
-                x_next = (
-                    x
-                    - process.reverse_drift(score, x, t) * dt
-                    + process.diffusion(t) * jnp.sqrt(dt) * z
-                )
-            x_next = drv.project(projection, jax.random.fold_in(kj, 2), x_next, s)
-            x_next = jnp.where(i < num, x_next, x0)
-            if M:
-                x_next = jnp.where(j < M, corrector_update(x, score, z, snr, alpha, norm), x_next)
-            return x_next, x
-
-        start = jnp.where(i > 0, 0, M)  # no corrector before the first predictor
-        x_next, x_t = jax.lax.fori_loop(start, M + 1, evaluate, (x, x))
+    def step(carry, inputs):  # carry: (x at t_{i-1} after its correctors, x entering t_i)
+        _, x = carry
+        i, k = inputs
+        x_next, x_t = jax.lax.fori_loop(0, M + 1, lambda j, c: evaluate(i, k, j, c), (x, x))
         return x_t, x_next
 
-    xs = (jnp.arange(num + 1), jax.random.split(key, num + 1))
-    grid = jnp.concatenate([ts[:1], ts])  # the saved state after outer step i is at t_i
-    (_, x), saved = drv.scan_saving(outer, (x, x), xs, grid, save_times)
+    x_first, _ = evaluate(0, keys[0], M, (x, x))  # no corrector before the first predictor
+    xs = (jnp.arange(1, num + 1), keys[1:])
+    (_, x), saved = drv.scan_saving(step, (x, x_first), xs, ts, save_times)
     return drv.project(projection, jax.random.fold_in(key, 1), x, jnp.zeros((), x.dtype)), saved
