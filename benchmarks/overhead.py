@@ -15,6 +15,7 @@ a hand-written jitted Optax step of the same loss (`value_and_grad`, `optimizer.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from functools import partial
@@ -193,7 +194,43 @@ def run(cfg: Config, compile_rows: list) -> str:
     section = _section(cfg, rows)
     if re.search(cfg.match, "train step"):
         section += "\n\n" + train_steps(cfg, compile_rows)
+    if re.search(cfg.match, "host work"):
+        section += "\n\n" + host_work(cfg, apply, params)
     return section
+
+
+HOST_BATCH = 4  # a state small enough that the program's run time is far below the host work
+
+
+def host_work(cfg: Config, apply, params) -> str:
+    """Section 1c: the host work of a public call, its median minus the jitted call's, on a
+    `[4, 2]` state (the run time left is the network's, the same in both)."""
+    repeats = 20 * cfg.repeats  # each call is about a millisecond: many runs for a median
+    rows, key = [], jax.random.key(0)
+    for name, (process, case) in sampler_cases(dataclasses.replace(cfg, batch=HOST_BATCH)).items():
+        print(f"  overhead: host work of {name}", flush=True)
+        model = dj.Model(apply, process, "eps", params=params)
+        jitted = jax.jit(
+            lambda k, p, case=case, process=process: case(k, dj.Model(apply, process, "eps", params=p))[0]
+        )
+        timings = compare(
+            {"public": lambda case=case, model=model: case(key, model)[0],
+             "jit": lambda jitted=jitted: jitted(key, params)},
+            repeats,
+        )  # fmt: skip
+        public, jit = timings["public"][0].median, timings["jit"][0].median
+        rows.append([name, ms(public), ms(jit), ms(public - jit)])
+    return "\n".join(
+        [
+            "### 1c. Host work of a public call",
+            "",
+            f"The samplers of section 1 on a `[{HOST_BATCH}, 2]` state, medians of {repeats} "
+            "interleaved runs: the public call (checks, time grid, dispatch) minus the same call "
+            "inside `jax.jit`. On a GPU this work is not hidden by the network.",
+            "",
+            table(["entry point", "public call", "inside jit", "host work"], rows),
+        ]
+    )
 
 
 def _log_prob_row(cfg, apply, params, vf_floor, compile_rows):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import traceback
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -175,31 +176,34 @@ def check_scalar(value, name: str, *, positive: bool = False) -> None:
 def check_knob(value, name: str, lo=None, hi=None, *, strict: bool = False) -> Array:
     """A real scalar knob (Python number or a possibly traced 0-d array) as a float array.
 
-    Must be finite and in `[lo, hi]` (`(lo, hi]` with `strict`). Checked now when concrete;
-    under `jit` the range is checked by `eqx.error_if` at run time.
+    Must be finite and in `[lo, hi]` (`(lo, hi]` with `strict`). Checked now, in NumPy, when
+    concrete (no device op besides the one transfer); under `jit` the range is checked by
+    `eqx.error_if` at run time.
     """
     if isinstance(value, bool) or not isinstance(
         value, (int, float, np.number, np.ndarray, jax.Array)
     ):
         raise TypeError(f"`{name}` must be a real scalar, got {type(value).__name__}.")
-    with jax.ensure_compile_time_eval():  # a Python number stays concrete inside an outer jit
-        arr = jnp.asarray(value)
-    if arr.ndim != 0 or not (
-        jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
+    dtype = jnp.result_type(value)
+    if np.ndim(value) != 0 or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
     ):
-        raise TypeError(f"`{name}` must be a real scalar, got {arr.dtype}{list(arr.shape)}.")
-    with jax.ensure_compile_time_eval():
-        arr = arr.astype(jnp.result_type(float))
+        raise TypeError(f"`{name}` must be a real scalar, got {dtype}{list(np.shape(value))}.")
+    float_dtype = jnp.result_type(float)
     if hi is not None:
         bounds = f"in {'(' if strict else '['}{lo}, {hi}]"
     else:
         bounds = f"{'>' if strict else '>='} {lo}"
-    if is_concrete(arr):
-        v = float(arr)
+    if is_concrete(value):
+        v = float(np.asarray(value, float_dtype))
         below = lo is not None and (v <= lo if strict else v < lo)
         if not np.isfinite(v) or below or (hi is not None and v > hi):
             raise ValueError(f"`{name}` must be finite and {bounds}, got {v}.")
-        return arr
+        if isinstance(value, jax.Array) and value.dtype == float_dtype:
+            return value
+        with jax.ensure_compile_time_eval():  # a Python number stays concrete inside an outer jit
+            return jnp.asarray(v, float_dtype)
+    arr = jnp.asarray(value).astype(float_dtype)
     bad = ~jnp.isfinite(arr)
     if lo is not None:
         bad = bad | ((arr <= lo) if strict else (arr < lo))
@@ -252,7 +256,34 @@ def check_times(process, t_eps, t_max) -> tuple[Array, Array]:
 
 
 _OUTPUTS: dict = {}  # abstract outputs of checked functions, by structure and leaf types
-_MAX_OUTPUTS = 256
+_MAX_CACHED = 256  # entries of each host-side cache (the oldest is dropped)
+
+
+def cached(cache: dict, key, compute: Callable):
+    """`compute()`, kept in `cache` under `key`; an unhashable key is computed, not kept."""
+    try:
+        out = cache.get(key)
+    except TypeError:
+        return compute()
+    if out is None:
+        out = compute()
+        if len(cache) >= _MAX_CACHED:
+            cache.pop(next(iter(cache)))
+        cache[key] = out
+    return out
+
+
+def value_key(tree):
+    """A hashable key of a pytree's structure and values, or `None` when a leaf is traced.
+
+    Arrays enter by type and bytes (read to the host), other leaves as they are."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if not all(is_concrete(v) for v in leaves):
+        return None
+    arrays = (jax.Array, np.ndarray, np.generic)
+    return treedef, tuple(
+        (jax.typeof(v), np.asarray(v).tobytes()) if isinstance(v, arrays) else v for v in leaves
+    )
 
 
 def abstract_output(fn, *args):
@@ -269,18 +300,8 @@ def abstract_output(fn, *args):
     types = tuple(
         jax.typeof(v) if isinstance(v, (jax.Array, np.ndarray, np.generic)) else v for v in leaves
     )
-    try:
-        key = (treedef, types, specs)
-        out = _OUTPUTS.get(key)
-    except TypeError:  # an unhashable leaf: not cached
-        key, out = None, None
-    if out is None:
-        out = jax.eval_shape(lambda *a: fn(*a), *specs)
-        if key is not None:
-            if len(_OUTPUTS) >= _MAX_OUTPUTS:
-                _OUTPUTS.pop(next(iter(_OUTPUTS)))
-            _OUTPUTS[key] = out
-    return out
+    key = (treedef, types, specs)
+    return cached(_OUTPUTS, key, lambda: jax.eval_shape(lambda *a: fn(*a), *specs))
 
 
 def check_shape_preserving(fn, name: str, x_shape: tuple[int, ...], *arg_dtypes) -> None:

@@ -53,11 +53,7 @@ def _host_grid(process, num_steps, grid, t_eps, t_max, rho, save_times):
     concrete = is_concrete(t_eps) and is_concrete(t_max) and is_concrete(rho)
     if save_times is not None and not concrete:
         raise TypeError("`save_times` with a traced `t_eps` or `t_max` is not supported.")
-    if concrete:
-        with jax.ensure_compile_time_eval():
-            ts = drv.time_grid(process, num_steps, grid, t_eps, t_max, rho)
-    else:
-        ts = drv.time_grid(process, num_steps, grid, t_eps, t_max, rho)
+    ts = drv.time_grid(process, num_steps, grid, t_eps, t_max, rho)
     if save_times is None:
         return ts
     ts = np.asarray(ts)
