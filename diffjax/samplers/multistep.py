@@ -219,6 +219,35 @@ def _vandermonde_solve(nodes, rhs):
 
 
 # ---------------------------------------------------------------- DPM-Solver++
+def _dpm_weights(h, h1, h2, k, order: int, stochastic: bool):
+    """`(w0, w1, w2)` of the order-`k + 1` step `x_i = base + a_i (w0 m0 + w1 (m0 - m1) +
+    w2 (m1 - m2))` in the last three data predictions `m0, m1, m2` (Lu et al. 2022,
+    arXiv:2211.01095: DPM-Solver++(1M, 2M, 3M); SDE-DPM-Solver++(1M, 2M)), with `h = h_i`,
+    `r0 = h_{i-1} / h`, `r1 = h_{i-2} / h`.
+
+    Weights of every order, indexed by the traced `k`: the step has no branch (on a GPU each
+    `lax.switch` reads its index back to the host). The ratios of the orders not taken are
+    replaced by 1, so every weight stays finite (the denoising step has `h = inf`).
+    """
+    r0 = jnp.where(k > 0, h1 / h, 1.0)
+    if stochastic:
+        decay = -jnp.expm1(-2.0 * h)  # 1 - e^{-2h}
+        rows = [(decay, 0.0, 0.0), (decay, 0.5 * decay / r0, 0.0)]
+    else:
+        phi1 = jnp.expm1(-h)
+        rows = [(-phi1, 0.0, 0.0), (-phi1, -0.5 * phi1 / r0, 0.0)]
+        if order == 3:
+            r1, h_safe = jnp.where(k > 1, h2 / h, 1.0), jnp.where(k > 0, h, 1.0)
+            phi2 = phi1 / h_safe + 1.0
+            phi3 = phi2 / h_safe - 0.5
+            q = r0 / (r0 + r1)
+            d1_0 = phi2 * (1.0 + q) - phi3 / (r0 + r1)  # the weights of (m0 - m1) / r0 and
+            d1_1 = phi3 / (r0 + r1) - phi2 * q  # (m1 - m2) / r1
+            rows.append((-phi1, d1_0 / r0, d1_1 / r1))
+    table = jnp.stack([jnp.stack([jnp.asarray(w, h.dtype) for w in row]) for row in rows[:order]])
+    return tuple(table[k])
+
+
 @eqx.filter_jit
 def _dpm_solver(key, model, shape, ts, order_index, order, stochastic, save):
     process = model.process
@@ -237,33 +266,13 @@ def _dpm_solver(key, model, shape, ts, order_index, order, stochastic, save):
         i, k, z_key = inputs  # from t_{i-1} to t_i
         m0 = model.x0(x, jnp.full(batch, ts[i - 1]))
         h = lam[i] - lam[i - 1]
+        w0, w1, w2 = _dpm_weights(h, h1, h2, k, order, stochastic)
         if stochastic:
-            decay = -jnp.expm1(-2.0 * h)  # 1 - e^{-2h}
             z = jax.random.normal(z_key, shape, x.dtype)
-            base = (s[i] / s[i - 1]) * jnp.exp(-h) * x + s[i] * jnp.sqrt(decay) * z
-            branches = (
-                lambda _: base + a[i] * decay * m0,
-                lambda _: base + a[i] * decay * (m0 + 0.5 * (m0 - m1) / (h1 / h)),
-            )
+            base = (s[i] / s[i - 1]) * jnp.exp(-h) * x + s[i] * jnp.sqrt(-jnp.expm1(-2.0 * h)) * z
         else:
-            phi1 = jnp.expm1(-h)
             base = (s[i] / s[i - 1]) * x
-
-            def third(_):
-                r0, r1 = h1 / h, h2 / h
-                d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi2 = phi1 / h + 1.0
-                phi3 = phi2 / h - 0.5
-                return base - a[i] * phi1 * m0 + a[i] * phi2 * d1 - a[i] * phi3 * d2
-
-            branches = (
-                lambda _: base - a[i] * phi1 * m0,
-                lambda _: base - a[i] * phi1 * (m0 + 0.5 * (m0 - m1) / (h1 / h)),
-                third,
-            )
-        x_new = jax.lax.switch(k, branches[:order], None)
+        x_new = base + a[i] * (w0 * m0 + w1 * (m0 - m1) + w2 * (m1 - m2))
         return x_new, m0, m1, h, h1
 
     zeros = jnp.zeros_like(x)
@@ -301,28 +310,20 @@ def _unipc(key, model, shape, ts, order_index, order, variant, save):
         r1, r2 = -h1 / h, -(h1 + h2) / h
         d1, d2 = (m1 - m0) / r1, (m2 - m0) / r2
 
-        def predict(j):
-            if j == 0:
-                return base
-            if j == 1:
-                return base - a[i] * b_h * 0.5 * d1
-            w1, w2 = _vandermonde_solve((r1, r2), g[:2])
-            return base - a[i] * b_h * (w1 * d1 + w2 * d2)
-
-        x_pred = jax.lax.switch(k, [lambda _, j=j: predict(j) for j in range(order)], None)
+        # The weights of every order, indexed by the traced k: no branch (on a GPU each
+        # `lax.switch` reads its index back to the host). Predictor: weights of (d1, d2);
+        # corrector: of (d1, d2, d_t = m_new - m0).
+        rows = [(0.0, 0.0, 0.0, 0.0, 0.5)]  # (p1, p2, c1, c2, ct) of order 1
+        if order > 1:
+            w1, wt = _vandermonde_solve((r1, 1.0), g[:2])
+            rows.append((0.5, 0.0, w1, 0.0, wt))
+        if order > 2:
+            rows.append((*_vandermonde_solve((r1, r2), g[:2]), *_vandermonde_solve((r1, r2, 1.0), g)))
+        table = jnp.stack([jnp.stack([jnp.asarray(w, h.dtype) for w in row]) for row in rows])
+        p1, p2, c1, c2, ct = table[k]
+        x_pred = base - a[i] * b_h * (p1 * d1 + p2 * d2)
         m_new = model.x0(x_pred, jnp.full(batch, ts[i]))
-        d_t = m_new - m0
-
-        def correct(j):
-            if j == 0:
-                return base - a[i] * b_h * 0.5 * d_t
-            if j == 1:
-                w1, wt = _vandermonde_solve((r1, 1.0), g[:2])
-                return base - a[i] * b_h * (w1 * d1 + wt * d_t)
-            w1, w2, wt = _vandermonde_solve((r1, r2, 1.0), g[:3])
-            return base - a[i] * b_h * (w1 * d1 + w2 * d2 + wt * d_t)
-
-        x_corr = jax.lax.switch(k, [lambda _, j=j: correct(j) for j in range(order)], None)
+        x_corr = base - a[i] * b_h * (c1 * d1 + c2 * d2 + ct * (m_new - m0))
         # no corrector at i = 0 (nothing predicted) nor after the last step
         x_new = jnp.where((i > 0) & (i < num_steps), x_corr, x_pred)
         return x_new, m_new, m0, m1, h, h1
