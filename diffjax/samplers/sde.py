@@ -80,14 +80,16 @@ def reverse_sde(
 ) -> tuple[Batch, drv.SamplerInfo]:
     """The reverse-time SDE `dx = [f - g^2 s] dt + g dW` from `t_max` to `t_eps`, then denoising.
 
-    Song et al. 2021 (arXiv:2011.13456, eq. 6). `diffrax.diffeqsolve` integrates it forward in
+    Song et al. 2021 (arXiv:2011.13456, eq. 6). diffrax integrates it forward in
     `tau = t_max - t` (diffrax 0.7's stochastic Runge-Kutta solvers flip the drift of a
     `t0 > t1` solve), the batch as one state, `x_T ~ p_T`; the output is `model.x0(x, t_eps)`.
     The noise is additive, so `diffrax.Euler()` (Euler-Maruyama, default), `Heun()`, `SEA()`,
     `ShARK()`, `SRA1()` apply (each gets the Brownian increments it needs).
 
     Fixed steps (default): the `grid` (`"logsnr"` default, `"time"`, `"karras"`) with `num_steps`
-    steps plus the `save_times`, a `diffrax.UnsafeBrownianPath` and forward-mode adjoint.
+    steps plus the `save_times`, a `diffrax.UnsafeBrownianPath`, and the solver's steps in one
+    `lax.scan` (the same samples as `diffeqsolve` with `StepTo`, from a program that compiles
+    in half the time: no step-size controller or saving machinery).
     Adaptive: pass an adaptive `stepsize_controller` (e.g. `diffrax.PIDController(rtol=1e-3,
     atol=1e-3, dtmin=1e-4)`) and a solver with an error estimate (e.g. `ShARK()`); the Brownian
     path is then a `VirtualBrownianTree`. Under `vmap` over keys an adaptive solve takes each
@@ -120,6 +122,14 @@ def reverse_sde(
     controller = check_controller(stepsize_controller, None) if stepsize_controller else None
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
     solver = check_solver(solver, dfx.ShARK() if adaptive else dfx.Euler())
+    if not adaptive and isinstance(solver, dfx.AbstractImplicitSolver):
+        tol = getattr(solver.root_finder, "rtol", None)
+        if not isinstance(tol, (int, float, np.floating, jax.Array)):
+            raise TypeError(
+                "`solver` does not fit the problem: an implicit solver on fixed steps needs its "
+                "root finder's `rtol` and `atol` (diffrax takes them from an adaptive "
+                "`stepsize_controller` otherwise)."
+            )
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     if projection is not None and adaptive:
         raise ValueError("`projection` needs fixed steps: leave `stepsize_controller` unset.")
@@ -159,11 +169,8 @@ def _reverse_sde(
     if ts is None:
         tol = tau1 / (4 * max_steps)
         bm = dfx.VirtualBrownianTree(0.0, tau1, tol, shape, bm_key, levy_area=levy_area)
-        adjoint = dfx.RecursiveCheckpointAdjoint()
     else:
-        controller = dfx.StepTo(ts=t_max - ts)
         bm = dfx.UnsafeBrownianPath(shape, bm_key, levy_area=levy_area)
-        adjoint = dfx.ForwardMode()
 
     def drift(tau, y, args):
         t = t_max - tau
@@ -174,42 +181,47 @@ def _reverse_sde(
 
     terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, bm))
     batch = shape[:1]
-    if projection is not None:
-        return _projected_sde(key, model, x, solver, terms, t_max - ts, t_max, projection, save)
+    if ts is not None:
+        return _fixed_step_sde(key, model, x, solver, terms, t_max - ts, t_max, projection, save)
     saveat = dfx.SaveAt(t1=True)
     if save is not None:
         saveat = dfx.SaveAt(t1=True, ts=jnp.asarray(t_max - save))
     sol = dfx.diffeqsolve(
-        terms, solver, 0.0, tau1, dt0=tau1 / 64 if ts is None else None, y0=x, saveat=saveat,
-        stepsize_controller=controller, adjoint=adjoint, max_steps=max_steps,
+        terms, solver, 0.0, tau1, dt0=tau1 / 64, y0=x, saveat=saveat,
+        stepsize_controller=controller, adjoint=dfx.RecursiveCheckpointAdjoint(),
+        max_steps=max_steps,
     )  # fmt: skip
     x = model.x0(sol.ys[-1], jnp.full(batch, t_eps))
     saved = None if save is None else (sol.ys[:-1], t_max - sol.ts[:-1])
     return x, saved, sol.stats["num_steps"]
 
 
-def _projected_sde(key, model, x, solver, terms, taus, t_max, projection, save):
+def _fixed_step_sde(key, model, x, solver, terms, taus, t_max, projection, save):
     """The fixed-step solve as one `lax.scan` of `solver.step` on the grid `taus` (in `tau`),
-    with `x = projection(key_i, x, t_max - tau_{i+1})` after each step.
+    then the denoising `x0(x, t_eps)`; with a `projection`, `x = projection(key_i, x, t_max -
+    tau_{i+1})` after each step (and at both ends).
 
-    `made_jump=True` tells FSAL solvers that the state moved, so they re-evaluate the drift;
-    `UnsafeBrownianPath` draws its increments from the step's end points, as in `diffeqsolve`.
+    `UnsafeBrownianPath` draws its increments from the step's end points, as in `diffeqsolve`
+    with `StepTo`, which this replaces for fixed steps: the same samples from a smaller program
+    (no step-size controller, event or saving machinery). After a projection `made_jump=True`
+    tells FSAL solvers that the state moved, so they re-evaluate the drift.
     """
     num = taus.shape[0] - 1
     keys = jax.random.split(jax.random.fold_in(key, 1), num + 2)
-    x = projection(keys[0], x, t_max - taus[0])
+    x = drv.project(projection, keys[0], x, t_max - taus[0])
     solver_state = solver.init(terms, taus[0], taus[1], x, None)
+    jumps = projection is not None
 
     def step(carry, inputs):
         x, solver_state = carry
         tau0, tau1, k = inputs
-        x, _, _, solver_state, _ = solver.step(terms, tau0, tau1, x, None, solver_state, True)
-        return projection(k, x, t_max - tau1), solver_state
+        x, _, _, solver_state, _ = solver.step(terms, tau0, tau1, x, None, solver_state, jumps)
+        return drv.project(projection, k, x, t_max - tau1), solver_state
 
     xs = (taus[:-1], taus[1:], keys[1:-1])
     (x, _), saved = drv.scan_saving(step, (x, solver_state), xs, t_max - taus, save)
     x = model.x0(x, jnp.full(x.shape[:1], t_max - taus[-1]))
-    x = projection(keys[-1], x, jnp.zeros((), x.dtype))
+    x = drv.project(projection, keys[-1], x, jnp.zeros((), x.dtype))
     return x, saved, jnp.asarray(num)
 
 
