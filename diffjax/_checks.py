@@ -368,12 +368,33 @@ def check_callable(fn, name: str):
 
 # ---------------------------------------------------------------- diffrax objects
 # (diffrax is imported by the callers, the samplers and likelihoods, which load on first use)
-def check_solver(solver, default, name: str = "solver"):
+def check_solver(
+    solver, default, name: str = "solver", *, fixed_steps: bool = False, ode: bool = False
+):
+    """A diffrax solver (`default` for `None`); for an `ode`, one that takes a single term (not
+    an SDE solver). On fixed steps, solved as a scan of `solver.step` without `diffeqsolve`'s
+    checks, an implicit solver needs its root finder's tolerances (diffrax takes them from an
+    adaptive controller otherwise)."""
     import diffrax as dfx
 
     solver = default if solver is None else solver
     if not isinstance(solver, dfx.AbstractSolver):
         raise TypeError(f"`{name}` must be a diffrax solver, got {type(solver).__name__}.")
+    structure = solver.term_structure
+    if ode and not (isinstance(structure, type) and issubclass(dfx.ODETerm, structure)):
+        raise TypeError(
+            f"`{name}` does not fit the problem: {type(solver).__name__} does not take the one "
+            "term of an ODE (an SDE or partitioned solver); pass an ODE solver, e.g. "
+            "diffrax.Heun()."
+        )
+    if fixed_steps and isinstance(solver, dfx.AbstractImplicitSolver):
+        tol = getattr(solver.root_finder, "rtol", None)
+        if not isinstance(tol, (int, float, np.floating, jax.Array)):
+            raise TypeError(
+                f"`{name}` does not fit the problem: an implicit solver on fixed steps needs "
+                "its root finder's `rtol` and `atol` (diffrax takes them from an adaptive "
+                "`stepsize_controller` otherwise)."
+            )
     return solver
 
 

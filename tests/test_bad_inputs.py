@@ -409,6 +409,8 @@ SAMPLERS = [
     Row("pf-controller-str", lambda: PF(num_steps=None, stepsize_controller="pid"), "stepsize_controller", "type"),
     Row("pf-solver-fixed-adaptive", lambda: PF(num_steps=None, solver=dfx.Euler()), "solver", "range"),
     Row("pf-solver-sde", lambda: PF(solver=dfx.SEA()), "solver", "type"),
+    Row("pf-solver-sde-adaptive", lambda: PF(num_steps=None, solver=dfx.ShARK()), "solver", "type"),
+    Row("pf-solver-implicit-fixed", lambda: PF(solver=dfx.Kvaerno3()), "solver", "type"),
     Row("pf-max_steps-zero", lambda: PF(num_steps=None, max_steps=0), "max_steps", "range"),
     Row("ode-key-str", lambda: samplers.ode("key", SCORE, SHAPE, num_steps=2), "key", "key"),
     # encode / decode take the data instead of a key and a shape

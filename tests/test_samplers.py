@@ -291,8 +291,9 @@ def test_encode_decode_round_trip(mix2d, ref2d):
         lambda k, m: samplers.heun(k, m, (64, 2), num_steps=6, churn=1.0),
         lambda k, m: samplers.predictor_corrector(k, m, (64, 2), num_steps=20),
         lambda k, m: samplers.reverse_sde(k, m, (64, 2), num_steps=20),
+        lambda k, m: samplers.ode(k, m, (64, 2), num_steps=10),
     ],
-    ids=["ddim", "dpm_solver", "unipc", "heun", "predictor_corrector", "reverse_sde"],
+    ids=["ddim", "dpm_solver", "unipc", "heun", "predictor_corrector", "reverse_sde", "ode"],
 )
 def test_samples_are_reverse_differentiable_in_the_model(sampler):
     """`jax.grad` through a sampler's loop matches a central difference (same key). On data
@@ -300,8 +301,9 @@ def test_samples_are_reverse_differentiable_in_the_model(sampler):
     (its drift has no `mu` in it), so `x_0 = mu + y_0` with `y_T = x_T - alpha_T mu`:
     `d mean(x_0) / d mu = 1 - O(alpha_T)` (`alpha_T < 0.007`) for the exact flow, and the
     samplers' own discretisation error on top (the reverse-diffusion predictor's `(1 - A)^2`
-    per step is 4.4% at 20 steps; the others are within 1%). Fixed-step `reverse_sde` is one
-    `lax.scan` of diffrax's `solver.step` (`diffeqsolve`'s forward-mode adjoint was not)."""
+    per step is 4.4% at 20 steps; the others are within 1%). Fixed-step `reverse_sde` and `ode`
+    are one `lax.scan` of diffrax's `solver.step` (`reverse_sde`'s `diffeqsolve` had a
+    forward-mode adjoint: no reverse mode)."""
 
     def mean_sample(mu):
         gauss = dj.GaussianMixture(jnp.ones(1), jnp.full((1, 2), mu), jnp.full(1, 0.5))

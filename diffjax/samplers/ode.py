@@ -53,9 +53,9 @@ def _options(
         num_steps = check_positive_int(num_steps, "num_steps")
         if stepsize_controller is not None:
             raise ValueError("pass either `num_steps` (fixed steps) or `stepsize_controller`.")
-        solver = check_solver(solver, dfx.Heun())
+        solver = check_solver(solver, dfx.Heun(), fixed_steps=True, ode=True)
         return model, solver, None, t_eps, t_max, num_steps, rho
-    solver = check_solver(solver, dfx.Tsit5())
+    solver = check_solver(solver, dfx.Tsit5(), ode=True)
     controller = check_controller(stepsize_controller, dfx.PIDController(rtol=1e-5, atol=1e-5))
     if isinstance(controller, dfx.AbstractAdaptiveStepSizeController) and not isinstance(
         solver, dfx.AbstractAdaptiveSolver
@@ -76,21 +76,34 @@ def _nfe(solver, steps):
 def _pf_ode(model, x, t0, t1, solver, controller, ts, max_steps, save):
     """Integrate `dx/dt = model.velocity(x, t)` from `t0` to `t1` (either direction)."""
 
-    def velocity(t, y, args):
-        return model.velocity(y, t)
-
+    term = dfx.ODETerm(lambda t, y, args: model.velocity(y, t))
     if controller is None:  # fixed steps on the grid `ts` (in the direction of the solve)
-        controller = dfx.StepTo(ts=ts)
-        dt0 = None
-    else:
-        dt0 = (t1 - t0) / 64  # diffrax's PIDController with dt0=None would start at 0.01
+        return _fixed_step_ode(solver, term, x, ts, save)
+    dt0 = (t1 - t0) / 64  # diffrax's PIDController with dt0=None would start at 0.01
     saveat = dfx.SaveAt(t1=True) if save is None else dfx.SaveAt(t1=True, ts=jnp.asarray(save))
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(velocity), solver, t0, t1, dt0, x, saveat=saveat,
-        stepsize_controller=controller, max_steps=max_steps,
+        term, solver, t0, t1, dt0, x, saveat=saveat, stepsize_controller=controller,
+        max_steps=max_steps,
     )  # fmt: skip
     saved = None if save is None else (sol.ys[:-1], sol.ts[:-1])
     return sol.ys[-1], saved, sol.stats["num_steps"]
+
+
+def _fixed_step_ode(solver, term, x, ts, save):
+    """One `lax.scan` of `solver.step` on the grid `ts`: the states of `diffeqsolve` with
+    `StepTo` (FSAL stages carried in the solver state), from a program that compiles in about
+    half the time and is reverse-differentiable. As there, the state is computed in at least
+    the precision of the times."""
+    x = x.astype(jnp.result_type(x, ts.dtype))
+    state = solver.init(term, ts[0], ts[1], x, None)
+
+    def step(carry, times):
+        y, state = carry
+        y, _, _, state, _ = solver.step(term, *times, y, None, state, False)
+        return y, state
+
+    (y, _), saved = drv.scan_saving(step, (x, state), (ts[:-1], ts[1:]), ts, save)
+    return y, saved, jnp.asarray(ts.shape[0] - 1)
 
 
 def probability_flow(
@@ -111,9 +124,10 @@ def probability_flow(
 ) -> tuple[Batch, drv.SamplerInfo]:
     """Probability-flow ODE sampler: `x_T ~ p_T`, then `dx/dt = model.velocity(x, t)` to `t_eps`.
 
-    Integrated by `diffrax.diffeqsolve`: adaptive by default (`Tsit5()` with
+    Integrated by diffrax: adaptive by default (`diffeqsolve`, `Tsit5()` with
     `PIDController(rtol=1e-5, atol=1e-5)`, or the `solver` / `stepsize_controller` given), or on
-    a fixed `grid` of `num_steps` steps (`Heun()` by default); then the denoising step
+    a fixed `grid` of `num_steps` steps (`Heun()` by default; the solver's steps in one
+    `lax.scan`, the states `diffeqsolve` with `StepTo` gives); then the denoising step
     `model.x0(x, t_eps)`. Deterministic given `key` (it draws `x_T` only). Under `vmap` over
     keys an adaptive solve takes each example's own steps, while a batch shares one step size:
     the two agree to the tolerances, not to round-off.

@@ -121,15 +121,7 @@ def reverse_sde(
     t_eps, t_max = check_times(model.process, t_eps, t_max)
     controller = check_controller(stepsize_controller, None) if stepsize_controller else None
     adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
-    solver = check_solver(solver, dfx.ShARK() if adaptive else dfx.Euler())
-    if not adaptive and isinstance(solver, dfx.AbstractImplicitSolver):
-        tol = getattr(solver.root_finder, "rtol", None)
-        if not isinstance(tol, (int, float, np.floating, jax.Array)):
-            raise TypeError(
-                "`solver` does not fit the problem: an implicit solver on fixed steps needs its "
-                "root finder's `rtol` and `atol` (diffrax takes them from an adaptive "
-                "`stepsize_controller` otherwise)."
-            )
+    solver = check_solver(solver, dfx.ShARK() if adaptive else dfx.Euler(), fixed_steps=not adaptive)
     save_times = drv.check_save_times(save_times, t_eps, t_max)
     if projection is not None and adaptive:
         raise ValueError("`projection` needs fixed steps: leave `stepsize_controller` unset.")
