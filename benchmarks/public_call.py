@@ -19,11 +19,12 @@ import jax
 
 import diffjax as dj
 from benchmarks.overhead import mlp
-from benchmarks.timing import table
+from benchmarks.timing import measure, sync, table
 from diffjax import samplers
 from diffjax.samplers import discrete, karras, multistep, sde
 
 SHAPE = (4096, 2)
+REPEATS = 40
 CASES = {  # name -> (process, module, its compiled program's name, the public call)
     "ddim (20 steps), VP": (dj.VPSDE(), discrete, "_ddim", lambda k, m: samplers.ddim(k, m, SHAPE, num_steps=20)),
     "heun (10 levels), VP": (dj.VPSDE(), karras, "_karras", lambda k, m: samplers.heun(k, m, SHAPE, num_steps=10)),
@@ -33,17 +34,19 @@ CASES = {  # name -> (process, module, its compiled program's name, the public c
 }  # fmt: skip
 
 
-def _median_ms(fn, wait: bool, n: int = 40) -> float:
-    """Median of `n` calls after a warm-up; `wait`: until the result is ready, else until the
-    call returns (the result is then waited for outside the timing)."""
-    jax.block_until_ready(fn())
+def _returns_ms(fn, n: int = REPEATS) -> float:
+    """Median time until `fn()` returns (its result is waited for outside the timing)."""
     times = []
     for _ in range(n):
         start = time.perf_counter()
-        out = jax.block_until_ready(fn()) if wait else fn()
+        out = fn()
         times.append(time.perf_counter() - start)
-        jax.block_until_ready(out)
+        sync(out)
     return 1e3 * sorted(times)[n // 2]
+
+
+def _median_ms(fn) -> float:
+    return 1e3 * measure(fn, REPEATS)[0].median
 
 
 def main() -> None:
@@ -66,11 +69,11 @@ def main() -> None:
         jitted = jax.jit(
             lambda k, p, call=call, process=process: call(k, dj.Model(apply, process, "eps", params=p))[0]
         )
-        public = _median_ms(lambda call=call, model=model: call(key, model)[0], True)
-        alone = _median_ms(lambda c=compiled, s=seen: c(*s["args"], **s["kwargs"])[0], True)
-        outer = _median_ms(lambda jitted=jitted: jitted(key, params), True)
-        public_returns = _median_ms(lambda call=call, model=model: call(key, model)[0], False)
-        outer_returns = _median_ms(lambda jitted=jitted: jitted(key, params), False)
+        public = _median_ms(lambda call=call, model=model: call(key, model)[0])
+        alone = _median_ms(lambda c=compiled, s=seen: c(*s["args"], **s["kwargs"])[0])
+        outer = _median_ms(lambda jitted=jitted: jitted(key, params))
+        public_returns = _returns_ms(lambda call=call, model=model: call(key, model)[0])
+        outer_returns = _returns_ms(lambda jitted=jitted: jitted(key, params))
         rows.append([
             name, f"{public:.2f} ms", f"{public_returns:.2f} ms", f"{alone:.2f} ms",
             f"{outer:.2f} ms", f"{outer_returns:.2f} ms", f"{public - alone:.2f} ms",

@@ -225,7 +225,7 @@ def default_t_max(process: AbstractProcess, t_max, *, every_process: bool = Fals
 _HOST: dict = {}  # grids and default times computed now, by the values they depend on
 
 
-def _cached_now(inputs, name: str, compute: Callable):
+def _cached_now(inputs, name, compute: Callable):
     """`compute()` of concrete `inputs` computed now (also inside an outer `jit`) and cached by
     their values; staged into the caller's trace when one is traced. Op by op, the grid took
     about 15 eager dispatches, 10-20 ms of every sampler call on a GPU."""
@@ -246,7 +246,7 @@ def time_grid(process: AbstractProcess, num_steps: int, grid: str, t_eps, t_max,
     Computed once for concrete inputs (`_cached_now`).
     """
     inputs = (process, t_eps, t_max, rho)
-    return _cached_now(inputs, f"grid {grid} {num_steps}", lambda: _grid(*inputs, num_steps, grid))
+    return _cached_now(inputs, ("grid", grid, num_steps), lambda: _grid(*inputs, num_steps, grid))
 
 
 def _grid(process: AbstractProcess, t_eps, t_max, rho, num_steps: int, grid: str) -> Array:
@@ -287,6 +287,28 @@ def check_grid(grid, rho):
 def project(projection: Callable | None, key, x: Array, t) -> Array:
     """`projection(key, x, t)`, or `x` when there is none."""
     return x if projection is None else projection(key, x, t)
+
+
+def solve_fixed(solver, terms, times: Array, y: Array, grid: Array, save_times, after_step=None, keys=None):
+    """`y` carried by diffrax's `solver.step` over consecutive `times` `[N + 1]` in one
+    `lax.scan`: the states of `diffeqsolve` with `StepTo` (FSAL stages kept in the solver
+    state), from a program without its controller, event and saving machinery (half the compile
+    of a reverse SDE or PF-ODE) that reverse mode can differentiate. As there, `y` is computed in
+    at least the precision of the times. `after_step(keys[i], y, times[i + 1])` follows each
+    step (e.g. a projection; FSAL solvers are then told the state moved). `grid` `[N + 1]` are
+    the states' times for `save_times` (`scan_saving`). Returns `(y, saved)`."""
+    y = y.astype(jnp.result_type(y, times.dtype))
+    state = solver.init(terms, times[0], times[1], y, None)
+    made_jump = after_step is not None
+
+    def step(carry, inputs):
+        y, state = carry
+        t0, t1, key = inputs
+        y, _, _, state, _ = solver.step(terms, t0, t1, y, None, state, made_jump)
+        return (y if after_step is None else after_step(key, y, t1)), state
+
+    (y, _), saved = scan_saving(step, (y, state), (times[:-1], times[1:], keys), grid, save_times)
+    return y, saved
 
 
 def scan_saving(step: Callable, carry, xs, grid: Array, save_times):

@@ -78,7 +78,8 @@ def _pf_ode(model, x, t0, t1, solver, controller, ts, max_steps, save):
 
     term = dfx.ODETerm(lambda t, y, args: model.velocity(y, t))
     if controller is None:  # fixed steps on the grid `ts` (in the direction of the solve)
-        return _fixed_step_ode(solver, term, x, ts, save)
+        y, saved = drv.solve_fixed(solver, term, ts, x, ts, save)
+        return y, saved, jnp.asarray(ts.shape[0] - 1)
     dt0 = (t1 - t0) / 64  # diffrax's PIDController with dt0=None would start at 0.01
     saveat = dfx.SaveAt(t1=True) if save is None else dfx.SaveAt(t1=True, ts=jnp.asarray(save))
     sol = dfx.diffeqsolve(
@@ -87,23 +88,6 @@ def _pf_ode(model, x, t0, t1, solver, controller, ts, max_steps, save):
     )  # fmt: skip
     saved = None if save is None else (sol.ys[:-1], sol.ts[:-1])
     return sol.ys[-1], saved, sol.stats["num_steps"]
-
-
-def _fixed_step_ode(solver, term, x, ts, save):
-    """One `lax.scan` of `solver.step` on the grid `ts`: the states of `diffeqsolve` with
-    `StepTo` (FSAL stages carried in the solver state), from a program that compiles in about
-    half the time and is reverse-differentiable. As there, the state is computed in at least
-    the precision of the times."""
-    x = x.astype(jnp.result_type(x, ts.dtype))
-    state = solver.init(term, ts[0], ts[1], x, None)
-
-    def step(carry, times):
-        y, state = carry
-        y, _, _, state, _ = solver.step(term, *times, y, None, state, False)
-        return y, state
-
-    (y, _), saved = drv.scan_saving(step, (x, state), (ts[:-1], ts[1:]), ts, save)
-    return y, saved, jnp.asarray(ts.shape[0] - 1)
 
 
 def probability_flow(

@@ -189,29 +189,15 @@ def _reverse_sde(
 
 
 def _fixed_step_sde(key, model, x, solver, terms, taus, t_max, projection, save):
-    """The fixed-step solve as one `lax.scan` of `solver.step` on the grid `taus` (in `tau`),
-    then the denoising `x0(x, t_eps)`; with a `projection`, `x = projection(key_i, x, t_max -
-    tau_{i+1})` after each step (and at both ends).
-
-    `UnsafeBrownianPath` draws its increments from the step's end points, as in `diffeqsolve`
-    with `StepTo`, which this replaces for fixed steps: the same samples from a smaller program
-    (no step-size controller, event or saving machinery). After a projection `made_jump=True`
-    tells FSAL solvers that the state moved, so they re-evaluate the drift.
-    """
+    """The fixed-step solve on the grid `taus` (in `tau`, `drv.solve_fixed`), then the denoising
+    `x0(x, t_eps)`; with a `projection`, `x = projection(key_i, x, t_max - tau_{i+1})` after each
+    step and at both ends. `UnsafeBrownianPath` draws its increments from the step's end points,
+    as in `diffeqsolve` with `StepTo`: the same samples."""
     num = taus.shape[0] - 1
     keys = jax.random.split(jax.random.fold_in(key, 1), num + 2)
     x = drv.project(projection, keys[0], x, t_max - taus[0])
-    solver_state = solver.init(terms, taus[0], taus[1], x, None)
-    jumps = projection is not None
-
-    def step(carry, inputs):
-        x, solver_state = carry
-        tau0, tau1, k = inputs
-        x, _, _, solver_state, _ = solver.step(terms, tau0, tau1, x, None, solver_state, jumps)
-        return drv.project(projection, k, x, t_max - tau1), solver_state
-
-    xs = (taus[:-1], taus[1:], keys[1:-1])
-    (x, _), saved = drv.scan_saving(step, (x, solver_state), xs, t_max - taus, save)
+    after = None if projection is None else (lambda k, x, tau: projection(k, x, t_max - tau))
+    x, saved = drv.solve_fixed(solver, terms, taus, x, t_max - taus, save, after, keys[1:-1])
     x = model.x0(x, jnp.full(x.shape[:1], t_max - taus[-1]))
     x = drv.project(projection, keys[-1], x, jnp.zeros((), x.dtype))
     return x, saved, jnp.asarray(num)
